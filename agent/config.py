@@ -1,0 +1,390 @@
+"""Typed run configuration.
+
+Every knob lives in a dataclass field with its default and a docstring. The YAML files in `configs/`
+only override defaults; `--set section.key=value` overrides on top of them. Loading validates types and
+ranges and names the bad key in a one-line `ConfigError`. Derived values are properties.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import types
+import typing
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import yaml
+
+
+class ConfigError(ValueError):
+    """A bad config file, key or value; the message is one line naming the key."""
+
+
+@dataclass
+class EnvConfig:
+    game: str = "kung_fu_master"
+    """ALE ROM name (snake_case)."""
+    num_envs: int = 8
+    """Parallel emulators, stepped together in C++ threads by AtariVectorEnv."""
+    num_threads: int = 0
+    """Emulator threads; 0 lets ALE choose (one per core)."""
+    repeat_action_probability: float = 0.25
+    """Sticky actions: the chance that the emulator repeats the previous action (protocol: 0.25)."""
+    frameskip: int = 4
+    """Emulator frames per agent step; the last two are max-pooled."""
+    stack: int = 4
+    """Frames stacked into one observation."""
+    max_episode_frames: int = 108_000
+    """Emulator frames after which a game is truncated (protocol: 108,000 = 30 minutes)."""
+    noop_max: int = 0
+    """Random no-op steps at each reset (0: the sticky-action protocol needs none)."""
+    crop: list[int] | None = field(default_factory=lambda: [96, 160, 8, 152])
+    """[top, bottom, left, right] rows/columns kept from the native 210x160 screen: the 64x144 play band."""
+    resize: list[int] | None = None
+    """[height, width] the emulator resizes the whole screen to (e.g. [84, 84]); needs crop: null."""
+
+    @property
+    def obs_shape(self) -> tuple[int, int, int]:
+        """Shape of one observation: (stack, height, width)."""
+        if self.crop is not None:
+            top, bottom, left, right = self.crop
+            return (self.stack, bottom - top, right - left)
+        if self.resize is not None:
+            return (self.stack, self.resize[0], self.resize[1])
+        return (self.stack, 210, 160)
+
+    def validate(self) -> None:
+        _check(self.num_envs >= 1, "env.num_envs", "must be at least 1")
+        _check(self.num_threads >= 0, "env.num_threads", "must be 0 (auto) or positive")
+        _check(0.0 <= self.repeat_action_probability <= 1.0, "env.repeat_action_probability",
+               "must be in [0, 1]")
+        _check(self.frameskip >= 1, "env.frameskip", "must be at least 1")
+        _check(self.stack >= 1, "env.stack", "must be at least 1")
+        _check(self.max_episode_frames >= 1, "env.max_episode_frames", "must be at least 1")
+        _check(self.noop_max >= 0, "env.noop_max", "must be non-negative")
+        if self.crop is not None:
+            _check(len(self.crop) == 4, "env.crop", "must be [top, bottom, left, right]")
+            top, bottom, left, right = self.crop
+            _check(0 <= top < bottom <= 210 and 0 <= left < right <= 160, "env.crop",
+                   f"{self.crop} is not inside the 210x160 screen")
+            _check(self.resize is None, "env.resize", "cannot be combined with env.crop (set env.crop: null)")
+        if self.resize is not None:
+            _check(len(self.resize) == 2 and min(self.resize) >= 8, "env.resize",
+                   "must be [height, width], each at least 8")
+
+
+@dataclass
+class ModelConfig:
+    features_dim: int = 64
+    """Width of the shared tanh code that actor, critic and decoder read."""
+    channels: list[int] = field(default_factory=lambda: [32, 64, 64])
+    """Output channels of each conv layer of the encoder trunk."""
+    kernels: list[int] = field(default_factory=lambda: [8, 4, 3])
+    """Kernel size of each conv layer."""
+    strides: list[int] = field(default_factory=lambda: [4, 2, 1])
+    """Stride of each conv layer."""
+    head_hidden: int = 256
+    """Hidden units of the actor and critic heads (0: a single linear layer each)."""
+    normalization: str = "scale"
+    """Input normalization: scale ([0, 1]), channel_mean, pixel_mean (both fitted on the first rollout), or running."""
+    norm_clip: float = 5.0
+    """Clip for standardized inputs (running normalization)."""
+
+    def validate(self) -> None:
+        _check(self.features_dim >= 1, "model.features_dim", "must be at least 1")
+        n = len(self.channels)
+        _check(n >= 1 and len(self.kernels) == n and len(self.strides) == n, "model.channels",
+               "channels, kernels and strides must be non-empty lists of equal length")
+        _check(self.head_hidden >= 0, "model.head_hidden", "must be non-negative")
+        _check(self.normalization in NORMALIZATIONS, "model.normalization",
+               f"must be one of {', '.join(NORMALIZATIONS)}")
+        _check(self.norm_clip > 0, "model.norm_clip", "must be positive")
+
+
+NORMALIZATIONS = ("scale", "channel_mean", "pixel_mean", "running")
+
+
+@dataclass
+class PPOConfig:
+    algo: str = "ppo"
+    """Learner: ppo (clipped surrogate, several epochs of minibatches) or a2c (one full-batch step)."""
+    num_steps: int = 128
+    """Steps per env in each rollout."""
+    lr: float = 2.5e-4
+    """Adam learning rate."""
+    anneal_lr: bool = True
+    """Anneal the learning rate linearly to 0 over the run."""
+    gamma: float = 0.99
+    """Discount."""
+    gae_lambda: float = 0.95
+    """GAE lambda."""
+    num_minibatches: int = 4
+    """Minibatches per epoch (ppo)."""
+    update_epochs: int = 4
+    """Passes over each rollout (ppo)."""
+    norm_adv: bool = True
+    """Normalize advantages per minibatch."""
+    clip_coef: float = 0.1
+    """PPO ratio clip."""
+    clip_vloss: bool = True
+    """Clip the value loss around the rollout's values (ppo)."""
+    ent_coef: float = 0.01
+    """Entropy bonus."""
+    vf_coef: float = 0.5
+    """Value loss weight."""
+    max_grad_norm: float = 0.5
+    """Global gradient-norm clip."""
+    reward_clip: bool = True
+    """Learn from sign(reward); the logged game score is always the raw one."""
+    life_loss_done: bool = False
+    """Cut bootstrapping at a lost life (learning only; the game goes on)."""
+    detach_encoder: bool = False
+    """Stop actor and critic gradients at the code: the encoder learns from reconstruction alone."""
+
+    @property
+    def is_ppo(self) -> bool:
+        return self.algo == "ppo"
+
+    def validate(self) -> None:
+        _check(self.algo in ("ppo", "a2c"), "ppo.algo", "must be ppo or a2c")
+        _check(self.num_steps >= 1, "ppo.num_steps", "must be at least 1")
+        _check(self.lr > 0, "ppo.lr", "must be positive")
+        _check(0.0 <= self.gamma <= 1.0, "ppo.gamma", "must be in [0, 1]")
+        _check(0.0 <= self.gae_lambda <= 1.0, "ppo.gae_lambda", "must be in [0, 1]")
+        _check(self.num_minibatches >= 1, "ppo.num_minibatches", "must be at least 1")
+        _check(self.update_epochs >= 1, "ppo.update_epochs", "must be at least 1")
+        _check(self.clip_coef > 0, "ppo.clip_coef", "must be positive")
+        _check(self.max_grad_norm > 0, "ppo.max_grad_norm", "must be positive")
+
+
+@dataclass
+class ReconConfig:
+    coef: float = 1.0
+    """recon_coef: weight of the reconstruction loss in the total loss (0 turns the decoder's loss off)."""
+    loss: str = "weighted"
+    """Decoder loss: plain (MSE), weighted (per-pixel weights, higher on small objects) or balanced
+    (object and background pixels each averaged, then added; see agent/recon_loss.py)."""
+    object_weight: float = 30.0
+    """weighted: weight of a pixel inside a (grown) small-object box; a background pixel weighs 1."""
+    empty_frame_weight: float = 1.0
+    """weighted and balanced: weight of every pixel of a frame without small objects."""
+    balance: float = 1.0
+    """balanced: weight of the mean error over object pixels next to the mean over background pixels."""
+    mask_grow: int = 1
+    """Pixels each detected box grows by, on every side, before it becomes the weight mask."""
+    aug_noise_std: float = 0.0
+    """Std of Gaussian noise (gray levels, 0-255 scale) added to the encoder's input of the decoder's loss."""
+    aug_shift: int = 0
+    """Random shift (pad then crop, DrQ style) of up to this many pixels; frame, target and mask move together."""
+    detect_min_contrast: int = 6
+    """Detector: gray levels a pixel must differ from its row's background by (a knife: 11)."""
+    detect_max_width: int = 20
+    """Detector: widest small object, px (dragon fire: 18)."""
+    detect_max_height: int = 14
+    """Detector: tallest small object, px (snakes, balls: 12; a standing fighter: over 30)."""
+    detect_min_area: int = 2
+    """Detector: fewest foreground pixels of a small object."""
+    detect_group_rows: int = 1
+    """Detector: rows up and down that join the pieces of one sprite (fighters are drawn with gap rows)."""
+    detect_group_cols: int = 0
+    """Detector: columns left and right that join pieces (0 keeps a knife flying beside a fighter apart)."""
+
+    @property
+    def needs_masks(self) -> bool:
+        """Whether the loss reads object masks."""
+        return self.loss != "plain"
+
+    def validate(self) -> None:
+        _check(self.coef >= 0, "recon.coef", "must be non-negative")
+        _check(self.loss in RECON_LOSSES, "recon.loss", f"must be one of {', '.join(RECON_LOSSES)}")
+        _check(self.object_weight >= 0, "recon.object_weight", "must be non-negative")
+        _check(self.empty_frame_weight >= 0, "recon.empty_frame_weight", "must be non-negative")
+        _check(self.balance >= 0, "recon.balance", "must be non-negative")
+        _check(self.mask_grow >= 0, "recon.mask_grow", "must be non-negative")
+        _check(self.aug_noise_std >= 0, "recon.aug_noise_std", "must be non-negative")
+        _check(self.aug_shift >= 0, "recon.aug_shift", "must be non-negative")
+        _check(1 <= self.detect_min_contrast <= 255, "recon.detect_min_contrast", "must be in [1, 255]")
+        _check(self.detect_max_width >= 1, "recon.detect_max_width", "must be at least 1")
+        _check(self.detect_max_height >= 1, "recon.detect_max_height", "must be at least 1")
+        _check(self.detect_min_area >= 1, "recon.detect_min_area", "must be at least 1")
+        _check(self.detect_group_rows >= 0, "recon.detect_group_rows", "must be non-negative")
+        _check(self.detect_group_cols >= 0, "recon.detect_group_cols", "must be non-negative")
+
+
+RECON_LOSSES = ("plain", "weighted", "balanced")
+
+
+@dataclass
+class TrainConfig:
+    total_frames: int = 200_000
+    """Emulator frames to train for (agent steps x frameskip, summed over envs)."""
+    seed: int = 1
+    """Seed of torch, numpy and every emulator episode."""
+    device: str = "auto"
+    """auto (cuda when present), cpu or cuda[:N]."""
+    checkpoint_every_updates: int = 50
+    """Write checkpoints/latest.pt (and a numbered copy) every this many updates, and at the end."""
+    keep_checkpoints: int = 3
+    """Numbered checkpoints kept besides latest.pt."""
+    deterministic: bool = True
+    """Ask torch for deterministic kernels (resume then continues bit for bit on the CPU)."""
+    torch_threads: int = 0
+    """CPU threads for torch (0: torch's default). On a small CPU, 1 leaves the cores to the emulators and
+    avoids thread oversubscription, which can make a forward pass 100x slower."""
+    time_limit_s: float = 0.0
+    """Stop (and save) after the update during which this many seconds of training passed; 0: no limit."""
+
+    def validate(self) -> None:
+        _check(self.total_frames >= 1, "train.total_frames", "must be at least 1")
+        _check(self.device == "auto" or self.device == "cpu" or self.device.startswith("cuda"),
+               "train.device", "must be auto, cpu or cuda[:N]")
+        _check(self.checkpoint_every_updates >= 1, "train.checkpoint_every_updates", "must be at least 1")
+        _check(self.keep_checkpoints >= 0, "train.keep_checkpoints", "must be non-negative")
+        _check(self.torch_threads >= 0, "train.torch_threads", "must be 0 (default) or positive")
+        _check(self.time_limit_s >= 0, "train.time_limit_s", "must be non-negative (0: no limit)")
+
+
+@dataclass
+class Config:
+    env: EnvConfig = field(default_factory=EnvConfig)
+    model: ModelConfig = field(default_factory=ModelConfig)
+    ppo: PPOConfig = field(default_factory=PPOConfig)
+    recon: ReconConfig = field(default_factory=ReconConfig)
+    train: TrainConfig = field(default_factory=TrainConfig)
+
+    @property
+    def batch_size(self) -> int:
+        """Transitions per rollout."""
+        return self.env.num_envs * self.ppo.num_steps
+
+    @property
+    def minibatch_size(self) -> int:
+        return self.batch_size // self.ppo.num_minibatches if self.ppo.is_ppo else self.batch_size
+
+    @property
+    def frames_per_update(self) -> int:
+        return self.batch_size * self.env.frameskip
+
+    @property
+    def num_updates(self) -> int:
+        return max(1, self.train.total_frames // self.frames_per_update)
+
+    def validate(self) -> Config:
+        for section in dataclasses.fields(self):
+            getattr(self, section.name).validate()
+        if self.ppo.is_ppo:
+            _check(self.batch_size % self.ppo.num_minibatches == 0, "ppo.num_minibatches",
+                   f"must divide the batch of {self.batch_size} transitions")
+        return self
+
+    def to_dict(self) -> dict[str, Any]:
+        return dataclasses.asdict(self)
+
+
+def _check(ok: bool, key: str, message: str) -> None:
+    if not ok:
+        raise ConfigError(f"{key}: {message}")
+
+
+def _coerce(value: Any, annotation: Any, key: str) -> Any:
+    """Checks `value` against a field annotation (str, int, float, bool, list[int], X | None)."""
+    origin = typing.get_origin(annotation)
+    if origin in (typing.Union, types.UnionType):
+        args = typing.get_args(annotation)
+        if value is None and type(None) in args:
+            return None
+        inner = [a for a in args if a is not type(None)]
+        return _coerce(value, inner[0], key)
+    if origin is list:
+        (item,) = typing.get_args(annotation)
+        if not isinstance(value, list):
+            raise ConfigError(f"{key}: expected a list, got {value!r}")
+        return [_coerce(v, item, f"{key}[{i}]") for i, v in enumerate(value)]
+    if annotation is bool:
+        if not isinstance(value, bool):
+            raise ConfigError(f"{key}: expected true or false, got {value!r}")
+        return value
+    if annotation is int:
+        if isinstance(value, bool) or not isinstance(value, int):
+            if isinstance(value, float) and value.is_integer():
+                return int(value)
+            raise ConfigError(f"{key}: expected an integer, got {value!r}")
+        return value
+    if annotation is float:
+        if isinstance(value, bool) or not isinstance(value, (int, float)):
+            raise ConfigError(f"{key}: expected a number, got {value!r}")
+        return float(value)
+    if annotation is str:
+        if not isinstance(value, str):
+            raise ConfigError(f"{key}: expected a string, got {value!r}")
+        return value
+    raise ConfigError(f"{key}: unsupported type {annotation}")
+
+
+def _apply(obj: Any, values: dict[str, Any], prefix: str) -> None:
+    hints = typing.get_type_hints(type(obj))
+    names = {f.name for f in dataclasses.fields(obj)}
+    for name, value in values.items():
+        key = f"{prefix}{name}"
+        if name not in names:
+            raise ConfigError(f"{key}: unknown key")
+        current = getattr(obj, name)
+        if dataclasses.is_dataclass(current):
+            if not isinstance(value, dict):
+                raise ConfigError(f"{key}: expected a mapping of keys")
+            _apply(current, value, f"{key}.")
+        else:
+            setattr(obj, name, _coerce(value, hints[name], key))
+
+
+def _parse_override(text: str) -> dict[str, Any]:
+    """'ppo.lr=1e-4' -> {'ppo': {'lr': 0.0001}}; the value is read as YAML."""
+    if "=" not in text:
+        raise ConfigError(f"{text}: an override must look like section.key=value")
+    dotted, raw = text.split("=", 1)
+    try:
+        value = yaml.safe_load(raw) if raw.strip() else None
+    except yaml.YAMLError as exc:
+        raise ConfigError(f"{dotted}: cannot read value {raw!r}: {exc.problem}") from None
+    # YAML 1.1 reads 1e-4 as a string; accept plain floats in scientific notation too.
+    if isinstance(value, str):
+        try:
+            value = float(value)
+        except ValueError:
+            pass
+    tree: dict[str, Any] = {}
+    node = tree
+    parts = dotted.strip().split(".")
+    for part in parts[:-1]:
+        node = node.setdefault(part, {})
+    node[parts[-1]] = value
+    return tree
+
+
+def config_from_dict(data: dict[str, Any] | None, overrides: list[str] = ()) -> Config:
+    """Builds and validates a Config from a nested dict plus `key=value` overrides."""
+    config = Config()
+    if data:
+        if not isinstance(data, dict):
+            raise ConfigError("config: the file must hold a mapping of sections")
+        _apply(config, data, "")
+    for text in overrides:
+        _apply(config, _parse_override(text), "")
+    return config.validate()
+
+
+def load_config(path: str | Path, overrides: list[str] = ()) -> Config:
+    """Reads a YAML file of overrides on top of the defaults, then applies `overrides`."""
+    path = Path(path)
+    if not path.is_file():
+        raise ConfigError(f"config: no such file {path}")
+    try:
+        data = yaml.safe_load(path.read_text())
+    except yaml.YAMLError as exc:
+        raise ConfigError(f"config: {path} is not valid YAML: {exc}") from None
+    return config_from_dict(data, overrides)
+
+
+def save_config(config: Config, path: str | Path) -> None:
+    Path(path).write_text(yaml.safe_dump(config.to_dict(), sort_keys=False))

@@ -1,0 +1,132 @@
+"""The agent: a shared conv encoder ending in a tanh code, and an actor, a critic and a decoder on it.
+
+The decoder reconstructs the newest frame of the stack, not all four: that is the frame the policy acts
+on and the one a knife must survive in; the three older frames show the same scene a few pixels earlier,
+and decoding them would quadruple the decoder's output (and cost) without asking anything new of the code.
+"""
+
+from __future__ import annotations
+
+import math
+
+import torch
+from torch import nn
+from torch.distributions import Categorical
+
+from agent.config import ModelConfig
+from agent.normalization import ObsNormalizer
+
+# Orthogonal-init gains: ReLU trunk, a near-uniform initial policy, a unit-scale critic.
+GAINS = {"trunk": math.sqrt(2), "actor": 0.01, "critic": 1.0, "code": 1.0}
+
+
+def layer_init(layer: nn.Module, gain: float) -> nn.Module:
+    nn.init.orthogonal_(layer.weight, gain)
+    nn.init.zeros_(layer.bias)
+    return layer
+
+
+class Encoder(nn.Module):
+    """Conv trunk -> linear -> tanh: a `features_dim` code in (-1, 1)."""
+
+    def __init__(self, obs_shape: tuple[int, int, int], cfg: ModelConfig):
+        super().__init__()
+        layers: list[nn.Module] = []
+        in_ch = obs_shape[0]
+        for out_ch, k, s in zip(cfg.channels, cfg.kernels, cfg.strides, strict=True):
+            layers += [layer_init(nn.Conv2d(in_ch, out_ch, k, s), GAINS["trunk"]), nn.ReLU()]
+            in_ch = out_ch
+        self.trunk = nn.Sequential(*layers)
+        # A dry pass gives every conv's input size (for the decoder) and the flatten size.
+        self.spatial_sizes: list[tuple[int, int]] = []
+        with torch.no_grad():
+            x = torch.zeros(1, *obs_shape)
+            for layer in self.trunk:
+                if isinstance(layer, nn.Conv2d):
+                    if x.shape[-2] < layer.kernel_size[0] or x.shape[-1] < layer.kernel_size[1]:
+                        raise ValueError(f"the conv trunk shrinks a {tuple(obs_shape)} observation to nothing")
+                    self.spatial_sizes.append(tuple(x.shape[-2:]))
+                x = layer(x)
+        self.trunk_shape = tuple(x.shape[1:])
+        self.features_dim = cfg.features_dim
+        self.code = nn.Sequential(
+            nn.Flatten(), layer_init(nn.Linear(x[0].numel(), cfg.features_dim), GAINS["code"]), nn.Tanh()
+        )
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.code(self.trunk(x))
+
+
+class Decoder(nn.Module):
+    """Mirrors the encoder: linear -> transposed convs -> sigmoid, one frame in [0, 1]."""
+
+    def __init__(self, encoder: Encoder, cfg: ModelConfig):
+        super().__init__()
+        ch, h, w = encoder.trunk_shape
+        self.trunk_shape = (ch, h, w)
+        self.linear = nn.Sequential(
+            layer_init(nn.Linear(encoder.features_dim, ch * h * w), GAINS["trunk"]), nn.ReLU()
+        )
+        layers: list[nn.Module] = []
+        convs = list(zip(cfg.channels, cfg.kernels, cfg.strides, encoder.spatial_sizes, strict=True))
+        for idx in reversed(range(len(convs))):
+            in_ch, k, s, (out_h, out_w) = convs[idx]
+            out_ch = convs[idx - 1][0] if idx > 0 else 1
+            # output_padding recovers the rows and columns a strided conv dropped.
+            pad = (out_h - ((h - 1) * s + k), out_w - ((w - 1) * s + k))
+            layers.append(nn.ConvTranspose2d(in_ch, out_ch, k, s, output_padding=pad))
+            if idx > 0:
+                layers.append(nn.ReLU())
+            h, w = out_h, out_w
+        self.deconv = nn.Sequential(*layers)
+
+    def forward(self, code: torch.Tensor) -> torch.Tensor:
+        x = self.linear(code).view(-1, *self.trunk_shape)
+        return torch.sigmoid(self.deconv(x))
+
+
+def _head(features_dim: int, hidden: int, out: int, gain: float) -> nn.Module:
+    if hidden == 0:
+        return layer_init(nn.Linear(features_dim, out), gain)
+    return nn.Sequential(
+        layer_init(nn.Linear(features_dim, hidden), GAINS["trunk"]), nn.ReLU(),
+        layer_init(nn.Linear(hidden, out), gain),
+    )
+
+
+class Agent(nn.Module):
+    """Normalizer, shared encoder, and the three heads that read its code."""
+
+    def __init__(self, obs_shape: tuple[int, int, int], num_actions: int, cfg: ModelConfig):
+        super().__init__()
+        self.obs_shape = tuple(obs_shape)
+        self.num_actions = num_actions
+        self.normalizer = ObsNormalizer(cfg.normalization, obs_shape, clip=cfg.norm_clip)
+        self.encoder = Encoder(obs_shape, cfg)
+        self.actor = _head(cfg.features_dim, cfg.head_hidden, num_actions, GAINS["actor"])
+        self.critic = _head(cfg.features_dim, cfg.head_hidden, 1, GAINS["critic"])
+        self.decoder = Decoder(self.encoder, cfg)
+
+    def encode(self, x: torch.Tensor) -> torch.Tensor:
+        """uint8 observations (N, stack, h, w) -> code (N, features_dim)."""
+        return self.encoder(self.normalizer(x))
+
+    def get_value(self, x: torch.Tensor) -> torch.Tensor:
+        return self.critic(self.encode(x)).squeeze(-1)
+
+    def get_action_and_value(self, x: torch.Tensor, action: torch.Tensor | None = None):
+        """Samples an action (or scores `action`); returns action, log-prob, entropy, value."""
+        code = self.encode(x)
+        dist = Categorical(logits=self.actor(code))
+        if action is None:
+            action = dist.sample()
+        return action, dist.log_prob(action), dist.entropy(), self.critic(code).squeeze(-1)
+
+    def reconstruct(self, x: torch.Tensor) -> torch.Tensor:
+        """The decoder's picture of the newest frame, (N, 1, h, w) in [0, 1]."""
+        return self.decoder(self.encode(x))
+
+
+def recon_target(obs: torch.Tensor) -> torch.Tensor:
+    """What the decoder is asked to draw: the newest frame, (N, 1, h, w) in [0, 1]."""
+    return obs[:, -1:].float() / 255.0

@@ -1,0 +1,118 @@
+#!/usr/bin/env python
+"""Measure raw emulator throughput and training throughput on the same settings, in one run.
+
+  python scripts/benchmark.py --seconds 30 --json bench.json [--config configs/full.yaml]
+
+Three phases, each about --seconds long:
+1. env: the vector env alone, random actions (agent steps/s, all envs together);
+2. env + detection: the same, plus the small-object detector on every newest frame, as the learner runs it;
+3. train: the real training loop (rollout, update, logging) in a throw-away run folder.
+`ratio` = train_sps / env_sps. `profile` splits the training time into policy inference, env stepping,
+detection and the update, from the timers the training loop logs.
+"""
+
+from __future__ import annotations
+
+import argparse
+import csv
+import json
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from agent import recon_loss as recon
+from agent.config import ConfigError, load_config
+from agent.env import GameEnv
+from agent.trainer import select_device, train
+
+ROOT = Path(__file__).resolve().parents[1]
+
+
+def env_sps(config, seconds: float, detect: bool) -> float:
+    """Agent steps per second of the vector env under random actions (optionally with detection)."""
+    env = GameEnv(config.env, config.train.seed)
+    env.reset()
+    rng = np.random.default_rng(0)
+    steps, started = 0, time.perf_counter()
+    while time.perf_counter() - started < seconds:
+        result = env.step(rng.integers(0, env.num_actions, env.num_envs))
+        if detect:
+            recon.object_masks(result.obs[:, -1], config.recon)
+        steps += env.num_envs
+    elapsed = time.perf_counter() - started
+    env.close()
+    return steps / elapsed
+
+
+def train_profile(config, seconds: float) -> dict:
+    """Runs the training loop for about `seconds`; returns steps/s (first update excluded) and a profile."""
+    with tempfile.TemporaryDirectory() as tmp:
+        train(config, Path(tmp) / "run", max_updates=max(2, config.num_updates), progress=False)
+        with open(Path(tmp) / "run" / "metrics.csv") as f:
+            rows = list(csv.DictReader(f))
+    measured = rows[1:] if len(rows) > 1 else rows  # the first update pays for warm-up
+    steps = len(measured) * config.batch_size
+    parts = {key: sum(float(r[f"diagnostics/time_{key}_s"]) for r in measured)
+             for key in ("policy", "env", "detect", "update")}
+    total = sum(config.batch_size / float(r["charts/sps"]) for r in measured)
+    parts["other"] = max(0.0, total - sum(parts.values()))
+    return {"train_sps": steps / total, "updates": len(measured),
+            "profile": {key: round(value / total, 4) for key, value in parts.items()}}
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--config", type=Path, default=ROOT / "configs" / "default.yaml")
+    parser.add_argument("--set", action="append", default=[], metavar="KEY=VALUE", dest="overrides")
+    parser.add_argument("--seconds", type=float, default=20.0, help="length of each phase")
+    parser.add_argument("--json", type=Path, help="also write the results here")
+    args = parser.parse_args(argv)
+    try:
+        if args.seconds <= 0:
+            raise ConfigError("--seconds: must be positive")
+        config = load_config(args.config, [*args.overrides, f"train.time_limit_s={args.seconds}",
+                                           "train.total_frames=1000000000", "train.keep_checkpoints=0",
+                                           "train.checkpoint_every_updates=1000000"])
+        device = select_device(config.train.device)
+    except (ConfigError, ValueError) as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return 2
+
+    print(f"benchmark: {config.env.num_envs} envs, obs {config.env.obs_shape}, device {device}, "
+          f"{args.seconds:g} s per phase", flush=True)
+    raw = env_sps(config, args.seconds, detect=False)
+    print(f"env:              {raw:10.0f} steps/s", flush=True)
+    detected = env_sps(config, args.seconds, detect=True)
+    print(f"env + detection:  {detected:10.0f} steps/s", flush=True)
+    trained = train_profile(config, args.seconds)
+    print(f"train:            {trained['train_sps']:10.0f} steps/s over {trained['updates']} updates", flush=True)
+    result = {
+        "train_sps": trained["train_sps"],
+        "env_sps": raw,
+        "ratio": trained["train_sps"] / raw,
+        "device": torch.cuda.get_device_name(device) if device.type == "cuda" else "cpu",
+        "num_envs": config.env.num_envs,
+        "env_with_detection_sps": detected,
+        "detection_overhead": raw / detected - 1.0,
+        "profile": trained["profile"],
+        "obs_shape": list(config.env.obs_shape),
+        "config": str(args.config),
+        "overrides": args.overrides,
+        "torch_threads": torch.get_num_threads(),
+        "date": time.strftime("%Y-%m-%d"),
+    }
+    print(f"ratio train/env:  {result['ratio']:.3f}; detection adds {100 * result['detection_overhead']:.1f}% "
+          f"to env stepping")
+    print("profile of training time: " + ", ".join(f"{k} {100 * v:.1f}%" for k, v in result["profile"].items()))
+    if args.json:
+        args.json.parent.mkdir(parents=True, exist_ok=True)
+        args.json.write_text(json.dumps(result, indent=2))
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,62 @@
+import pytest
+
+from agent.config import Config, ConfigError, config_from_dict, load_config, save_config
+
+
+def test_defaults_are_the_play_band_protocol():
+    cfg = Config().validate()
+    assert cfg.env.obs_shape == (4, 64, 144)
+    assert cfg.env.repeat_action_probability == 0.25
+    assert cfg.env.max_episode_frames == 108_000
+    assert cfg.model.features_dim == 64
+
+
+def test_overrides_reach_nested_keys_and_derived_values_follow():
+    cfg = config_from_dict({"env": {"num_envs": 4}}, ["ppo.lr=1e-4", "ppo.num_steps=32", "env.crop=null",
+                                                      "env.resize=[84, 84]"])
+    assert cfg.ppo.lr == 1e-4
+    assert cfg.batch_size == 128 and cfg.minibatch_size == 32
+    assert cfg.env.obs_shape == (4, 84, 84)
+
+
+@pytest.mark.parametrize(
+    ("data", "overrides", "message"),
+    [
+        ({"ppo": {"lrr": 1}}, [], "ppo.lrr: unknown key"),
+        ({}, ["ppo.lr=fast"], "ppo.lr: expected a number"),
+        ({}, ["env.num_envs=2.5"], "env.num_envs: expected an integer"),
+        ({}, ["ppo.anneal_lr=1"], "ppo.anneal_lr: expected true or false"),
+        ({}, ["bogus.key=1"], "bogus: unknown key"),
+        ({}, ["ppo.lr"], "must look like section.key=value"),
+        ({}, ["env.resize=[84, 84]"], "env.resize: cannot be combined with env.crop"),
+        ({}, ["env.crop=[0, 300, 0, 10]"], "env.crop"),
+        ({}, ["ppo.num_minibatches=3"], "ppo.num_minibatches: must divide"),
+        ({}, ["model.normalization=whiten"], "model.normalization: must be one of"),
+        ({"env": 3}, [], "env: expected a mapping"),
+    ],
+)
+def test_bad_config_names_the_key_in_one_line(data, overrides, message):
+    with pytest.raises(ConfigError, match=message) as info:
+        config_from_dict(data, overrides)
+    assert "\n" not in str(info.value)
+
+
+def test_yaml_round_trip(tmp_path):
+    cfg = config_from_dict({}, ["ppo.algo=a2c", "train.seed=7"])
+    save_config(cfg, tmp_path / "c.yaml")
+    assert load_config(tmp_path / "c.yaml").to_dict() == cfg.to_dict()
+
+
+def test_missing_and_invalid_files(tmp_path):
+    with pytest.raises(ConfigError, match="no such file"):
+        load_config(tmp_path / "nope.yaml")
+    (tmp_path / "bad.yaml").write_text("ppo: [unclosed")
+    with pytest.raises(ConfigError, match="not valid YAML"):
+        load_config(tmp_path / "bad.yaml")
+
+
+def test_shipped_configs_load():
+    from pathlib import Path
+
+    for path in (Path(__file__).parents[1] / "configs").glob("*.yaml"):
+        load_config(path)

@@ -1,0 +1,56 @@
+import csv
+
+import pytest
+import torch
+
+from agent import recon_loss
+from agent.checkpoint import load_checkpoint
+from agent.trainer import NonFiniteLossError, train
+
+
+def latest(run_dir):
+    return load_checkpoint(run_dir / "checkpoints" / "latest.pt")
+
+
+def test_resumed_training_equals_uninterrupted_training(tmp_path, smoke_config):
+    # A 120-frame cap makes games end (and reseed) inside the run, so the replay is exercised too.
+    config = smoke_config("train.total_frames=512", "env.max_episode_frames=120")
+    train(config, tmp_path / "whole", progress=False)
+    train(config, tmp_path / "split", max_updates=2, progress=False)
+    assert latest(tmp_path / "split")["counters"]["update"] == 2
+    train(config, tmp_path / "split", resume=True, progress=False)
+    whole, split = latest(tmp_path / "whole"), latest(tmp_path / "split")
+    assert whole["counters"]["update"] == split["counters"]["update"] == 4
+    assert whole["counters"]["games"] == split["counters"]["games"] > 0
+    for key, value in whole["model"].items():
+        assert torch.equal(value, split["model"][key]), key
+    for a, b in zip(whole["optimizer"]["state"].values(), split["optimizer"]["state"].values(), strict=True):
+        assert torch.equal(a["exp_avg"], b["exp_avg"])
+    with open(tmp_path / "split" / "metrics.csv") as f:
+        assert [row["update"] for row in csv.DictReader(f)] == ["1", "2", "3", "4"]
+
+
+def test_a2c_and_detached_encoder_train(tmp_path, smoke_config):
+    config = smoke_config("ppo.algo=a2c", "ppo.detach_encoder=true", "recon.coef=0")
+    before = None
+    summary = train(config, tmp_path / "a2c", progress=False)
+    assert summary["update"] == 2
+    state = latest(tmp_path / "a2c")
+    # With the encoder detached and no reconstruction loss, nothing trains the encoder.
+    from agent.models import Agent
+
+    torch.manual_seed(config.train.seed)
+    before = Agent(config.env.obs_shape, 14, config.model).state_dict()
+    assert torch.equal(before["encoder.code.1.weight"], state["model"]["encoder.code.1.weight"])
+    assert not torch.equal(before["actor.2.weight"], state["model"]["actor.2.weight"])
+
+
+def test_non_finite_loss_stops_and_keeps_the_last_checkpoint(tmp_path, smoke_config, monkeypatch):
+    config = smoke_config("train.total_frames=384")
+    run = tmp_path / "nan"
+    train(config, run, max_updates=1, progress=False)
+    good = (run / "checkpoints" / "latest.pt").read_bytes()
+    monkeypatch.setattr(recon_loss, "recon_loss", lambda *a: torch.tensor(float("nan")))
+    with pytest.raises(NonFiniteLossError, match="non-finite loss"):
+        train(config, run, resume=True, progress=False)
+    assert (run / "checkpoints" / "latest.pt").read_bytes() == good
