@@ -16,8 +16,15 @@ $(STAMP): pyproject.toml
 
 install: $(STAMP)
 
+RUN_DIR ?= runs/default
+
+# A second `make train` continues the same run (after Ctrl-C, say) instead of starting over.
 train: $(STAMP)
-	$(PY) scripts/train.py --config configs/default.yaml --run-dir runs/default
+	@if [ -f $(RUN_DIR)/checkpoints/latest.pt ]; then \
+		$(PY) scripts/train.py --resume $(RUN_DIR); \
+	else \
+		$(PY) scripts/train.py --config configs/default.yaml --run-dir $(RUN_DIR); \
+	fi
 
 test: $(STAMP)
 	$(PY) -m pytest -q

@@ -43,6 +43,8 @@ def main(argv: list[str] | None = None) -> int:
         else:
             config = load_config(args.config, args.overrides)
             run_dir = args.run_dir or Path("runs") / f"{args.config.stem}-{time.strftime('%Y%m%d-%H%M%S')}"
+            if (run_dir / "checkpoints" / "latest.pt").exists():
+                raise ConfigError(f"--run-dir: {run_dir} already holds a run; continue it with --resume {run_dir}")
     except (ConfigError, CheckpointError) as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 2

@@ -59,3 +59,10 @@ def test_ctrl_c_saves_a_checkpoint_and_exits_cleanly(tmp_path):
     assert "stopped early" in out
     state = torch.load(run / "checkpoints" / "latest.pt", weights_only=True)
     assert state["counters"]["update"] >= 1
+
+
+def test_a_new_run_refuses_a_folder_that_holds_one(tmp_path):
+    (tmp_path / "checkpoints").mkdir()
+    (tmp_path / "checkpoints" / "latest.pt").write_bytes(b"x")
+    result = run_script("train.py", "--config", "configs/smoke.yaml", "--run-dir", str(tmp_path))
+    assert result.returncode == 2 and "--resume" in result.stderr
