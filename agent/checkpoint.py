@@ -66,10 +66,13 @@ def checkpoint_config(state: dict[str, Any]) -> Config:
 
 def build_agent(state: dict[str, Any], config: Config, device: str | torch.device = "cpu") -> Agent:
     """The checkpoint's agent, with its weights and normalizer statistics, in eval mode."""
-    agent = Agent(config.env.obs_shape, int(state[NUM_ACTIONS_KEY]), config.model)
+    try:
+        agent = Agent(config.env.obs_shape, int(state[NUM_ACTIONS_KEY]), config.model)
+    except (KeyError, TypeError, ValueError) as exc:
+        raise CheckpointError(f"checkpoint does not describe an agent ({type(exc).__name__}: {exc})") from None
     try:
         agent.load_state_dict(state["model"])
-    except RuntimeError as exc:
+    except (RuntimeError, TypeError, AttributeError) as exc:
         first = str(exc).strip().splitlines()[0]
         raise CheckpointError(f"checkpoint weights do not fit the architecture of its config: {first}") from None
     return agent.to(device).eval()

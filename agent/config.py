@@ -232,6 +232,16 @@ class TrainConfig:
     torch_threads: int = 0
     """CPU threads for torch (0: torch's default). On a small CPU, 1 leaves the cores to the emulators and
     avoids thread oversubscription, which can make a forward pass 100x slower."""
+    eval_every_updates: int = 0
+    """Evaluate a snapshot in a background process every this many updates (0: never)."""
+    eval_episodes: int = 4
+    """Full games per periodic evaluation."""
+    eval_max_frames: int = 108_000
+    """Frame cap per game of a periodic evaluation (the protocol's 108,000; lower it on a slow CPU)."""
+    video_every_updates: int = 0
+    """Record a gameplay video in a background process every this many updates (0: never)."""
+    video_max_frames: int = 4_000
+    """Emulator frames per periodic video."""
     time_limit_s: float = 0.0
     """Stop (and save) after the update during which this many seconds of training passed; 0: no limit."""
 
@@ -242,6 +252,11 @@ class TrainConfig:
         _check(self.checkpoint_every_updates >= 1, "train.checkpoint_every_updates", "must be at least 1")
         _check(self.keep_checkpoints >= 0, "train.keep_checkpoints", "must be non-negative")
         _check(self.torch_threads >= 0, "train.torch_threads", "must be 0 (default) or positive")
+        _check(self.eval_every_updates >= 0, "train.eval_every_updates", "must be 0 (never) or positive")
+        _check(self.eval_episodes >= 1, "train.eval_episodes", "must be at least 1")
+        _check(self.eval_max_frames >= 1, "train.eval_max_frames", "must be at least 1")
+        _check(self.video_every_updates >= 0, "train.video_every_updates", "must be 0 (never) or positive")
+        _check(self.video_max_frames >= 1, "train.video_max_frames", "must be at least 1")
         _check(self.time_limit_s >= 0, "train.time_limit_s", "must be non-negative (0: no limit)")
 
 

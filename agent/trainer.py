@@ -15,6 +15,7 @@ import torch
 from tqdm import tqdm
 
 from agent import recon_loss as recon
+from agent.background import BackgroundJobs
 from agent.capacity import capacity_report, format_capacity
 from agent.checkpoint import (
     checkpoint_state,
@@ -147,6 +148,8 @@ def train(config: Config, run_dir: str | Path, resume: bool = False, max_updates
     started = time.time()
     update = start_update
     out_of_time = False
+    jobs = BackgroundJobs(run_dir, config)
+    finished = False
     with graceful_interrupt() as interrupt:
         try:
             for update in range(start_update + 1, end_update + 1):
@@ -213,10 +216,14 @@ def train(config: Config, run_dir: str | Path, resume: bool = False, max_updates
                 last = update == end_update or interrupt["stop"] or out_of_time
                 if update % cfg_train.checkpoint_every_updates == 0 or last:
                     _save(run_dir, agent, optimizer, config, env, update, frames, logger, device)
+                jobs.poll(logger)
+                jobs.launch(agent, update, frames)
                 if interrupt["stop"] or out_of_time:
                     break
+            finished = not interrupt["stop"]
         finally:
             bar.close()
+            jobs.close(logger, wait=finished)
             logger.close()
             env.close()
     return {"update": update, "frames": frames, "games": logger.games, "score_mean100": logger.score_mean,

@@ -13,7 +13,6 @@ detection and the update, from the timers the training loop logs.
 
 from __future__ import annotations
 
-import argparse
 import csv
 import json
 import sys
@@ -25,6 +24,7 @@ import numpy as np
 import torch
 
 from agent import recon_loss as recon
+from agent.cli import OneLineParser, positive
 from agent.config import ConfigError, load_config
 from agent.env import GameEnv
 from agent.trainer import select_device, train
@@ -65,15 +65,13 @@ def train_profile(config, seconds: float) -> dict:
 
 
 def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser = OneLineParser(__doc__)
     parser.add_argument("--config", type=Path, default=ROOT / "configs" / "default.yaml")
     parser.add_argument("--set", action="append", default=[], metavar="KEY=VALUE", dest="overrides")
-    parser.add_argument("--seconds", type=float, default=20.0, help="length of each phase")
+    parser.add_argument("--seconds", type=positive(float), default=20.0, help="length of each phase")
     parser.add_argument("--json", type=Path, help="also write the results here")
     args = parser.parse_args(argv)
     try:
-        if args.seconds <= 0:
-            raise ConfigError("--seconds: must be positive")
         config = load_config(args.config, [*args.overrides, f"train.time_limit_s={args.seconds}",
                                            "train.total_frames=1000000000", "train.keep_checkpoints=0",
                                            "train.checkpoint_every_updates=1000000"])

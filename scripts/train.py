@@ -10,22 +10,23 @@ Ctrl-C stops after the current update and saves; a second Ctrl-C aborts.
 
 from __future__ import annotations
 
-import argparse
 import sys
 import time
 from pathlib import Path
 
 from agent.checkpoint import CheckpointError, checkpoint_config, load_checkpoint
+from agent.cli import OneLineParser
 from agent.config import ConfigError, config_from_dict, load_config
 from agent.trainer import NonFiniteLossError, train
 
 
 def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser = OneLineParser(__doc__)
     source = parser.add_mutually_exclusive_group(required=True)
     source.add_argument("--config", type=Path, help="YAML file of overrides on the defaults")
     source.add_argument("--resume", type=Path, metavar="RUN_DIR", help="continue this run")
-    parser.add_argument("--run-dir", type=Path, help="where the run goes (default: runs/<config name>-<time>)")
+    parser.add_argument("--run-dir", type=Path,
+                        help="where the run goes (default: runs/<config name>-<time>)")
     parser.add_argument("--set", action="append", default=[], metavar="KEY=VALUE", dest="overrides",
                         help="override a config key, e.g. --set ppo.lr=1e-4 (repeatable)")
     parser.add_argument("--no-progress", action="store_true", help="no progress bar")
@@ -44,7 +45,8 @@ def main(argv: list[str] | None = None) -> int:
             config = load_config(args.config, args.overrides)
             run_dir = args.run_dir or Path("runs") / f"{args.config.stem}-{time.strftime('%Y%m%d-%H%M%S')}"
             if (run_dir / "checkpoints" / "latest.pt").exists():
-                raise ConfigError(f"--run-dir: {run_dir} already holds a run; continue it with --resume {run_dir}")
+                raise ConfigError(f"--run-dir: {run_dir} already holds a run; "
+                                  f"continue it with --resume {run_dir}")
     except (ConfigError, CheckpointError) as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 2

@@ -54,3 +54,21 @@ def test_non_finite_loss_stops_and_keeps_the_last_checkpoint(tmp_path, smoke_con
     with pytest.raises(NonFiniteLossError, match="non-finite loss"):
         train(config, run, resume=True, progress=False)
     assert (run / "checkpoints" / "latest.pt").read_bytes() == good
+
+
+def test_periodic_evaluation_and_video_run_in_the_background(tmp_path, smoke_config):
+    import json
+
+    from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
+
+    config = smoke_config("train.eval_every_updates=2", "train.eval_episodes=2", "train.eval_max_frames=200",
+                          "train.video_every_updates=2", "train.video_max_frames=80")
+    run = tmp_path / "run"
+    train(config, run, progress=False)
+    result = json.loads((run / "eval" / "update_0000002.json").read_text())
+    assert len(result["scores"]) == 2 and result["protocol"]["max_episode_frames"] == 200
+    assert (run / "videos" / "update_0000002.mp4").stat().st_size > 0
+    assert not list((run / "eval").glob("*.pt"))  # snapshots go once their jobs are done
+    events = EventAccumulator(str(run / "tb"))
+    events.Reload()
+    assert [e.step for e in events.Scalars("eval/mean_score")] == [256]
