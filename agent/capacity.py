@@ -76,7 +76,8 @@ def format_capacity(report: dict) -> str:
     widths = [max(len(row[i]) for row in rows) for i in range(len(rows[0]))]
     lines = []
     for idx, row in enumerate(rows):
-        cells = [cell.ljust(w) if i < 3 else cell.rjust(w) for i, (cell, w) in enumerate(zip(row, widths))]
+        pairs = enumerate(zip(row, widths, strict=True))
+        cells = [cell.ljust(w) if i < 3 else cell.rjust(w) for i, (cell, w) in pairs]
         lines.append("  ".join(cells).rstrip())
         if idx == 0:
             lines.append("  ".join("-" * w for w in widths))
