@@ -1,4 +1,4 @@
-"""Evaluation under the protocol of FACTS.md: full games, sticky actions 0.25, the unclipped game score.
+"""Evaluation under the project's protocol: full games, sticky actions 0.25, the unclipped game score.
 
 Whatever the checkpoint trained with, evaluation forces sticky actions 0.25, no no-op starts, no
 life-loss episodes and the 108,000-frame cap (a smaller cap is allowed for tests and is recorded in the

@@ -2,30 +2,126 @@
 
 The learner calls three functions, in this order:
 - `object_masks(frames, cfg)` at rollout time, on the CPU, for the newest frame of each observation;
-  returns a bool mask (N, h, w) of small-object regions, or None when nothing needs one;
+  returns a bool mask (N, h, w) of small-object regions (detected boxes grown by `cfg.mask_grow`), or
+  None when the loss reads none (`recon.loss: plain`);
 - `recon_loss(pred, target, masks, cfg)` in every update;
 - `recon_stats(pred, target, masks)` when it logs, returning `recon/...` scalars.
+
+Why weights. A knife is 6-10 of the 9,216 pixels of a 64x144 frame and is on screen in about one frame
+in ten: under plain MSE, drawing it is worth about 1e-4 of the loss, less than the error of a fighter's
+outline, and a 64-number code has no room to spare for it. Every loss here is mean(W * (pred - target)^2)
+with a per-pixel weight map W (`weight_map`):
+
+- weighted: W is `object_weight` inside small-object regions, 1 on the rest of a frame that has objects,
+  and `empty_frame_weight` on frames that have none. With no objects and both factors at 1 it is MSE.
+- balanced: object pixels and background pixels are each averaged over the batch and then added, the
+  object mean scaled by `balance`; W is that sum written per pixel (a background pixel weighs
+  numel / n_background, an object pixel balance * numel / n_object). However few the object pixels, they
+  carry `balance` times the weight of the whole background. With no objects it is MSE again.
+
+Defaults were chosen with scripts/recon_report.py (see its report.json for the numbers).
 """
 
 from __future__ import annotations
+
+import math
 
 import numpy as np
 import torch
 
 from agent.config import ReconConfig
+from agent.detection import boxes_to_masks, detect_boxes
+
+STATS_FRAMES = 256
+"""recon_stats runs the detector on at most this many frames (the first ones of the batch)."""
+
+MATCH_TOLERANCE = 2
+"""Pixels a detection in the reconstruction may be off from the target's object and still count."""
 
 
 def object_masks(frames: np.ndarray, cfg: ReconConfig) -> np.ndarray | None:
-    """Small-object regions of uint8 frames (N, h, w); None: the plain loss needs none."""
-    return None
+    """Small-object regions of uint8 frames (N, h, w) as bool (N, h, w); None: the plain loss needs none."""
+    if not cfg.needs_masks:
+        return None
+    frames = np.asarray(frames)
+    return boxes_to_masks(detect_boxes(frames, cfg), frames.shape, cfg.mask_grow)
+
+
+def weight_map(masks: torch.Tensor | None, shape: tuple[int, ...], cfg: ReconConfig,
+               device: torch.device | str | None = None) -> torch.Tensor:
+    """Per-pixel weights (N, 1, h, w) of the loss: recon_loss = mean(weight_map * squared error).
+
+    `masks` is bool (N, h, w) or None (no objects anywhere); `shape` is the (N, 1, h, w) of the frames.
+    """
+    if cfg.loss == "plain":
+        return torch.ones(shape, device=device)
+    if masks is None:
+        masks = torch.zeros((shape[0], *shape[2:]), dtype=torch.bool, device=device)
+    obj = masks.unsqueeze(1).to(torch.bool)
+    has_object = obj.flatten(1).any(dim=1).view(-1, 1, 1, 1)
+    background = torch.where(has_object, 1.0, cfg.empty_frame_weight).to(torch.float32).expand(shape)
+    if cfg.loss == "weighted":
+        return torch.where(obj, torch.tensor(cfg.object_weight, device=obj.device), background)
+    # balanced: each group averaged over its own pixel count, written back per pixel.
+    n_obj = int(obj.sum())
+    n_bg = obj.numel() - n_obj
+    numel = obj.numel()
+    bg_scale = numel / n_bg if n_bg else 0.0
+    obj_scale = cfg.balance * numel / n_obj if n_obj else 0.0
+    return torch.where(obj, torch.tensor(obj_scale, device=obj.device), background * bg_scale)
 
 
 def recon_loss(pred: torch.Tensor, target: torch.Tensor, masks: torch.Tensor | None,
                cfg: ReconConfig) -> torch.Tensor:
-    """Plain MSE between the decoder's frames and the targets, both (N, 1, h, w) in [0, 1]."""
-    return (pred - target).square().mean()
+    """The decoder's loss on frames (N, 1, h, w) in [0, 1]; `masks` bool (N, h, w) or None."""
+    sq = (pred - target).square()
+    if cfg.loss == "plain":
+        return sq.mean()
+    return (weight_map(masks, sq.shape, cfg, device=sq.device) * sq).mean()
+
+
+def to_uint8(frames: torch.Tensor) -> np.ndarray:
+    """Frames (N, 1, h, w) in [0, 1] -> uint8 numpy (N, h, w), rounded."""
+    return (frames[:, 0].detach().float().clamp(0, 1) * 255).round().to(torch.uint8).cpu().numpy()
+
+
+def match_objects(target_boxes: np.ndarray, pred_boxes: np.ndarray, tolerance: int = MATCH_TOLERANCE) -> np.ndarray:
+    """For each target box (frame, x, y, w, h): whether a predicted box of the same frame overlaps it
+    grown by `tolerance` px."""
+    found = np.zeros(len(target_boxes), dtype=bool)
+    for k, (i, x, y, w, h) in enumerate(target_boxes.tolist()):
+        same = pred_boxes[pred_boxes[:, 0] == i]
+        if len(same):
+            px, py, pw, ph = same[:, 1], same[:, 2], same[:, 3], same[:, 4]
+            found[k] = bool(np.any((px < x + w + tolerance) & (px + pw > x - tolerance)
+                                   & (py < y + h + tolerance) & (py + ph > y - tolerance)))
+    return found
 
 
 @torch.no_grad()
-def recon_stats(pred: torch.Tensor, target: torch.Tensor, masks: torch.Tensor | None) -> dict[str, float]:
-    return {"mse": float((pred - target).square().mean())}
+def recon_stats(pred: torch.Tensor, target: torch.Tensor, masks: torch.Tensor | None,
+                cfg: ReconConfig | None = None) -> dict[str, float]:
+    """mse; small_object_mse (inside the masks); small_object_recall (share of the objects the detector
+    finds in the targets that it finds again in the reconstructions at the same place).
+
+    Masks that are None are computed from the targets. The object scalars are NaN when the frames hold
+    no small object. Only the first STATS_FRAMES frames are searched for the recall.
+    """
+    cfg = cfg or ReconConfig()
+    sq = (pred.float() - target.float()).square()
+    stats = {"mse": float(sq.mean())}
+    target_u8 = to_uint8(target)
+    if masks is None:
+        masks_np = boxes_to_masks(detect_boxes(target_u8, cfg), target_u8.shape, cfg.mask_grow)
+        masks = torch.from_numpy(masks_np).to(sq.device)
+    obj = masks.to(sq.device, torch.bool).unsqueeze(1)
+    n_obj = int(obj.sum())
+    stats["small_object_mse"] = float(sq[obj].mean()) if n_obj else math.nan
+    n = min(len(pred), STATS_FRAMES)
+    target_boxes = detect_boxes(target_u8[:n], cfg)
+    if len(target_boxes):
+        pred_boxes = detect_boxes(to_uint8(pred[:n]), cfg)
+        stats["small_object_recall"] = float(match_objects(target_boxes, pred_boxes).mean())
+    else:
+        stats["small_object_recall"] = math.nan
+    return stats

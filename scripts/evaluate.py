@@ -1,5 +1,5 @@
 #!/usr/bin/env python
-"""Evaluate a checkpoint under the protocol of FACTS.md: full games (all lives) until game over or
+"""Evaluate a checkpoint under the evaluation protocol: full games (all lives) until game over or
 108,000 frames, sticky actions 0.25, the unclipped game score. Prints a table; --json writes the result.
 
   python scripts/evaluate.py --checkpoint runs/default/checkpoints/latest.pt --episodes 10 --json eval.json
