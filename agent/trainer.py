@@ -279,7 +279,7 @@ def _update(agent: Agent, optimizer: torch.optim.Optimizer, config: Config, obs,
                 totals[key] = totals.get(key, 0.0) + value.item()
             count += 1
     stats = {key: value / count for key, value in totals.items()}
-    for key, value in recon.recon_stats(pred.detach(), target, mb_masks).items():
+    for key, value in recon.recon_stats(pred.detach(), target, mb_masks, config.recon).items():
         stats[f"recon/{key}"] = value
     var_returns = b_returns.var()
     stats["diagnostics/explained_variance"] = (
