@@ -28,7 +28,7 @@ import numpy as np
 import torch
 from tqdm import tqdm
 
-from agent.checkpoint import CheckpointError, build_agent, checkpoint_config, load_checkpoint
+from agent.checkpoint import build_agent, checkpoint_config, load_checkpoint
 from agent.config import Config, EnvConfig
 from agent.env import HUMAN_SCORE, RANDOM_SCORE, GameEnv, human_normalized
 from agent.models import Agent

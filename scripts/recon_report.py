@@ -1,0 +1,435 @@
+"""Does the weighted decoder loss keep the knives? Trains plain and weighted autoencoders and compares them.
+
+    python scripts/recon_report.py --out DIR [--steps S] [--checkpoint CKPT] [--variants ...]
+
+1. Collects play-band observations (4 x 64 x 144 stacks) by random play, or with a checkpoint's policy,
+   keeping every frame whose newest frame holds a small object (the detector of agent/detection.py) and
+   enough object-free frames to make `--object-share` of the set. Observations are split into train and
+   validation by episode (every k-th game goes to validation), so no validation frame has a near twin in
+   training.
+2. Trains one autoencoder per variant: the agent's own Encoder (conv trunk -> tanh-64 code) and Decoder
+   (newest frame), same initialization, same batches, same number of steps; only the loss (and, for the
+   augmentation variants, the perturbation of the input) differs. Two things differ from a fresh Agent,
+   because without them every variant learns nothing: inputs are centred (the agent's `channel_mean`
+   normalizer) and the decoder starts at the mean gray. From `scale` inputs and a 0.5-gray start, the
+   first Adam steps (lr 2.5e-4 or 1e-3) drive all 64 tanh units to +-1 within 30-100 steps; the code is
+   then constant and the decoder can only draw the mean frame (validation mse stuck at the mean-image
+   error, 0.0047, after 3,000 steps).
+3. Scores every variant on the validation frames: mse, small_object_mse (squared error inside the grown
+   object boxes of the targets) and small_object_recall (share of the targets' objects that the detector
+   finds again in the reconstruction at the same place, 2 px tolerance). Because a decoder unsure where
+   a knife is draws faint knife-like blobs all along the knife rows, the report also gives the recall's
+   chance level (targets matched against the reconstruction of an unrelated frame), a strict recall
+   (box overlap IoU >= 0.25) and the precision of the reconstruction's detections.
+
+Writes DIR/report.json (`variants.<name>` with mse, small_object_mse, small_object_recall and more) and
+DIR/comparison.png (per example: input / plain / weighted / weight map, whole frame and a zoom on the
+object). Exit 0 on success, 2 with a one-line error on bad input.
+"""
+
+from __future__ import annotations
+
+import argparse
+import dataclasses
+import json
+import math
+import sys
+import time
+from dataclasses import dataclass
+from pathlib import Path
+
+import cv2
+import numpy as np
+import torch
+from tqdm import tqdm
+
+from agent.augment import augment
+from agent.cli import OneLineParser, positive
+from agent.config import ConfigError, EnvConfig, ModelConfig, ReconConfig, config_from_dict
+from agent.detection import boxes_to_masks, detect_boxes
+from agent.models import Decoder, Encoder, recon_target
+from agent.normalization import ObsNormalizer
+from agent.recon_loss import match_objects, recon_loss, to_uint8, weight_map
+
+# name -> changes to the run's ReconConfig. "weighted" is the configured loss (recon.loss, default weighted).
+VARIANTS = {
+    "plain": {"loss": "plain"},
+    "weighted": {},
+    "pixel_weighted": {"loss": "weighted"},
+    "balanced": {"loss": "balanced"},
+    "weighted_noise": {"aug_noise_std": 8.0},
+    "weighted_shift": {"aug_shift": 4},
+}
+DEFAULT_VARIANTS = "plain,weighted,weighted_noise"
+
+
+class UsageError(Exception):
+    """Bad command-line input; reported as one line with exit code 2."""
+
+
+@dataclass
+class Dataset:
+    obs: np.ndarray
+    """uint8 (N, 4, 64, 144) observations."""
+    episode: np.ndarray
+    """int episode id of each observation."""
+    masks: np.ndarray
+    """bool (N, 64, 144) grown object boxes of the newest frame."""
+    boxes: np.ndarray
+    """(frame, x, y, w, h) objects of the newest frames."""
+
+
+def parse_args(argv: list[str] | None) -> argparse.Namespace:
+    parser = OneLineParser(__doc__)
+    parser.add_argument("--out", required=True, help="folder for report.json and comparison.png")
+    parser.add_argument("--variants", default=DEFAULT_VARIANTS,
+                        help=f"comma-separated; plain and weighted always run. Known: {', '.join(VARIANTS)}")
+    parser.add_argument("--steps", type=positive(int), default=4000, help="training steps per variant")
+    parser.add_argument("--batch-size", type=positive(int), default=32)
+    parser.add_argument("--lr", type=positive(float), default=1e-3, help="Adam learning rate")
+    parser.add_argument("--frames", type=positive(int), default=16000,
+                        help="observations kept (train + validation)")
+    parser.add_argument("--object-share", type=float, default=0.5,
+                        help="share of kept observations whose newest frame holds a small object")
+    parser.add_argument("--collect-steps", type=positive(int), default=8000,
+                        help="vector-env steps of play at most")
+    parser.add_argument("--num-envs", type=positive(int), default=16)
+    parser.add_argument("--val-every", type=int, default=4, help="every k-th episode goes to validation")
+    parser.add_argument("--checkpoint", default=None,
+                        help="collect with this checkpoint's policy (else random play)")
+    parser.add_argument("--examples", type=positive(int), default=6, help="examples in comparison.png")
+    parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--threads", type=positive(int), default=2, help="torch CPU threads")
+    parser.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE",
+                        help="override a recon config key for every variant, e.g. recon.object_weight=50")
+    parser.add_argument("--no-progress", action="store_true", help="hide the progress bar")
+    args = parser.parse_args(argv)
+    if args.val_every < 2:
+        raise UsageError("--val-every must be at least 2")
+    if not 0.0 <= args.object_share <= 1.0:
+        raise UsageError("--object-share must be in [0, 1]")
+    names = [v.strip() for v in args.variants.split(",") if v.strip()]
+    unknown = [v for v in names if v not in VARIANTS]
+    if unknown:
+        raise UsageError(f"--variants: unknown {', '.join(unknown)}; known: {', '.join(VARIANTS)}")
+    extra = [v for v in dict.fromkeys(names) if v not in ("plain", "weighted")]
+    args.variants = ["plain", "weighted", *extra]
+    if args.checkpoint is not None and not Path(args.checkpoint).is_file():
+        raise UsageError(f"--checkpoint: no such file {args.checkpoint}")
+    return args
+
+
+def base_recon_config(overrides: list[str]) -> ReconConfig:
+    for text in overrides:
+        if not text.startswith("recon."):
+            raise ConfigError(f"{text.split('=')[0]}: only recon.* keys can be set here")
+    return config_from_dict(None, overrides).recon
+
+
+def make_policy(checkpoint: str | None, num_actions: int, obs_shape: tuple[int, ...], seed: int):
+    """A function obs -> actions: the checkpoint's policy, or uniform random."""
+    if checkpoint is None:
+        rng = np.random.default_rng(seed)
+        return lambda obs: rng.integers(0, num_actions, len(obs))
+    try:
+        from agent.checkpoint import load_agent
+    except ImportError as exc:
+        raise UsageError(f"--checkpoint: cannot load checkpoints here ({exc})") from None
+    agent, config = load_agent(checkpoint, "cpu")
+    if tuple(config.env.obs_shape) != tuple(obs_shape):
+        raise UsageError(f"--checkpoint: its observations are {config.env.obs_shape}, "
+                         f"this report uses {obs_shape}")
+
+    @torch.no_grad()
+    def act(obs: np.ndarray) -> np.ndarray:
+        return agent.get_action_and_value(torch.from_numpy(obs))[0].numpy()
+
+    return act
+
+
+def collect(args: argparse.Namespace, cfg: ReconConfig, bar: tqdm) -> Dataset:
+    """Plays until enough object frames are in, keeping object frames and a thinned stream of the rest."""
+    from agent.env import GameEnv  # here, so that training and scoring load without the emulator
+
+    env = GameEnv(EnvConfig(num_envs=args.num_envs), seed=args.seed)
+    policy = make_policy(args.checkpoint, env.num_actions, env.obs_shape, args.seed)
+    rng = np.random.default_rng(args.seed + 1)
+    want_obj = int(round(args.frames * args.object_share))
+    want_free = args.frames - want_obj
+    kept_obs, kept_episode, kept_obj = [], [], []
+    n_obj = n_free = 0
+    # Object-free frames are ~90% of play: keep each with a probability that fills the quota over the run.
+    keep_free = min(1.0, 1.5 * want_free / (args.collect_steps * args.num_envs * 0.9))
+    obs = env.reset()
+    for _ in range(args.collect_steps):
+        has_obj = np.zeros(len(obs), dtype=bool)
+        has_obj[detect_boxes(obs[:, -1], cfg)[:, 0]] = True
+        take = has_obj | (rng.random(len(obs)) < keep_free)
+        episode = np.arange(len(obs)) + env.num_envs * env.games_started
+        kept_obs.append(obs[take])  # a copy: fancy indexing never returns a view
+        kept_episode.append(episode[take])
+        kept_obj.append(has_obj[take])
+        n_obj += int(has_obj.sum())
+        n_free += int((take & ~has_obj).sum())
+        bar.update(1)
+        if n_obj >= 1.2 * want_obj and n_free >= 1.2 * want_free:
+            break
+        obs = env.step(policy(obs)).obs
+    env.close()
+    obs_all, episode = np.concatenate(kept_obs), np.concatenate(kept_episode)
+    has_obj = np.concatenate(kept_obj)
+    # Thin each kind to its quota, keeping the play order.
+    pick = []
+    for kind, quota in ((True, want_obj), (False, want_free)):
+        idx = np.flatnonzero(has_obj == kind)
+        if len(idx) > quota:
+            idx = np.sort(rng.choice(idx, quota, replace=False))
+        pick.append(idx)
+    pick = np.sort(np.concatenate(pick))
+    obs_all, episode = obs_all[pick], episode[pick]
+    boxes = detect_boxes(obs_all[:, -1], cfg)
+    masks = boxes_to_masks(boxes, (len(obs_all), *obs_all.shape[2:]), cfg.mask_grow)
+    return Dataset(obs_all, episode, masks, boxes)
+
+
+def split(data: Dataset, val_every: int) -> tuple[Dataset, Dataset]:
+    episodes = np.unique(data.episode)
+    if len(episodes) < 2:
+        raise UsageError("collected a single episode: raise --num-envs so that train and validation differ")
+    val_episodes = episodes[val_every - 1::val_every] if len(episodes) >= val_every else episodes[-1:]
+    is_val = np.isin(data.episode, val_episodes)
+
+    def subset(sel: np.ndarray) -> Dataset:
+        idx = np.flatnonzero(sel)
+        remap = np.full(len(sel), -1)
+        remap[idx] = np.arange(len(idx))
+        boxes = data.boxes[sel[data.boxes[:, 0]]].copy()
+        boxes[:, 0] = remap[boxes[:, 0]]
+        return Dataset(data.obs[idx], data.episode[idx], data.masks[idx], boxes)
+
+    return subset(~is_val), subset(is_val)
+
+
+class AutoEncoder(torch.nn.Module):
+    """The agent's normalizer, Encoder (tanh-64 code) and Decoder, without the actor and critic."""
+
+    def __init__(self, train_obs: np.ndarray, seed: int):
+        super().__init__()
+        torch.manual_seed(seed)
+        model_cfg = ModelConfig(normalization="channel_mean")
+        self.normalizer = ObsNormalizer("channel_mean", train_obs.shape[1:])
+        self.normalizer.update(torch.from_numpy(train_obs[:2048]))
+        self.encoder = Encoder(train_obs.shape[1:], model_cfg)
+        self.decoder = Decoder(self.encoder, model_cfg)
+        # Start the decoder at the mean gray level: from 0.5 gray (sigmoid(0)), the first steps' large,
+        # uniform error drives every unit of the tanh code into saturation, and the code never recovers.
+        mean = float(train_obs[:2048, -1].mean()) / 255.0
+        with torch.no_grad():
+            self.decoder.deconv[-1].bias.fill_(math.log(mean / (1.0 - mean)))
+
+    def forward(self, obs: torch.Tensor) -> torch.Tensor:
+        return self.decoder(self.encoder(self.normalizer(obs)))
+
+
+def train_variant(train: Dataset, cfg: ReconConfig, args: argparse.Namespace, bar: tqdm) -> AutoEncoder:
+    model = AutoEncoder(train.obs, args.seed)
+    optimizer = torch.optim.Adam(model.parameters(), lr=args.lr)
+    order_rng = np.random.default_rng(args.seed + 2)  # the same batches for every variant
+    aug_gen = torch.Generator().manual_seed(args.seed + 3)
+    for _ in range(args.steps):
+        idx = order_rng.integers(0, len(train.obs), args.batch_size)
+        obs = torch.from_numpy(train.obs[idx])
+        masks = torch.from_numpy(train.masks[idx]) if cfg.needs_masks else None
+        inputs, clean, masks = augment(obs, masks, cfg, aug_gen)
+        loss = recon_loss(model(inputs), recon_target(clean), masks, cfg)
+        optimizer.zero_grad(set_to_none=True)
+        loss.backward()
+        optimizer.step()
+        bar.update(1)
+    model.eval()
+    return model
+
+
+@torch.no_grad()
+def reconstruct(model: AutoEncoder, obs: np.ndarray, batch: int = 256) -> torch.Tensor:
+    return torch.cat([model(torch.from_numpy(obs[s:s + batch])) for s in range(0, len(obs), batch)])
+
+
+def score(pred: torch.Tensor, val: Dataset, cfg: ReconConfig) -> dict[str, float]:
+    target = recon_target(torch.from_numpy(val.obs))
+    sq = (pred - target).square()
+    obj = torch.from_numpy(val.masks).unsqueeze(1)
+    pred_boxes = detect_boxes(to_uint8(pred), cfg)
+    found = match_objects(val.boxes, pred_boxes)
+    # Chance level: the same boxes matched against the reconstruction of a frame half the set away.
+    shifted = val.boxes.copy()
+    shifted[:, 0] = (shifted[:, 0] + len(val.obs) // 2) % len(val.obs)
+    chance = match_objects(shifted, pred_boxes)
+    strict = best_iou(val.boxes, pred_boxes) >= 0.25
+    # Precision: share of the reconstruction's detections that lie on an object of their target.
+    precision = match_objects(pred_boxes, val.boxes)
+    free = np.ones(len(val.obs), dtype=bool)
+    free[val.boxes[:, 0]] = False
+    false_frames = np.isin(np.flatnonzero(free), pred_boxes[:, 0]).sum()
+    return {
+        "mse": float(sq.mean()),
+        "small_object_mse": float(sq[obj].mean()) if obj.any() else float("nan"),
+        "small_object_recall": float(found.mean()) if len(found) else float("nan"),
+        "background_mse": float(sq[~obj].mean()),
+        "objects": int(len(found)),
+        "objects_found": int(found.sum()),
+        "chance_recall": float(chance.mean()) if len(chance) else float("nan"),
+        "strict_recall": float(strict.mean()) if len(strict) else float("nan"),
+        "precision": float(precision.mean()) if len(precision) else float("nan"),
+        "object_free_frames_with_detection": int(false_frames),
+    }
+
+
+def best_iou(target_boxes: np.ndarray, pred_boxes: np.ndarray) -> np.ndarray:
+    """For each target box (frame, x, y, w, h): the best intersection-over-union with a predicted box."""
+    best = np.zeros(len(target_boxes))
+    for k, (i, x, y, w, h) in enumerate(target_boxes.tolist()):
+        same = pred_boxes[pred_boxes[:, 0] == i]
+        if len(same):
+            px, py, pw, ph = same[:, 1], same[:, 2], same[:, 3], same[:, 4]
+            ix = np.clip(np.minimum(x + w, px + pw) - np.maximum(x, px), 0, None)
+            iy = np.clip(np.minimum(y + h, py + ph) - np.maximum(y, py), 0, None)
+            inter = ix * iy
+            best[k] = float(np.max(inter / (w * h + pw * ph - inter)))
+    return best
+
+
+def comparison_png(path: Path, val: Dataset, preds: dict[str, torch.Tensor], cfg: ReconConfig, rows: int,
+                   seed: int) -> None:
+    """Per example, two rows: whole frames x3, then a x8 zoom on the object: input / plain / weighted /
+    weight map. The object's box is drawn in red on the input. Examples are validation frames with an
+    object (any frames when there are none)."""
+    rng = np.random.default_rng(seed)
+    with_obj = np.unique(val.boxes[:, 0])
+    pool = with_obj if len(with_obj) else np.arange(len(val.obs))
+    picks = np.sort(rng.choice(pool, min(max(rows, 1), len(pool)), replace=False))
+    target = to_uint8(recon_target(torch.from_numpy(val.obs)))
+    plain, weighted = to_uint8(preds["plain"]), to_uint8(preds["weighted"])
+    wmap = weight_map(torch.from_numpy(val.masks), (len(val.obs), 1, *val.obs.shape[2:]), cfg)[:, 0].numpy()
+    wmap_u8 = (255 * wmap / max(1e-8, float(wmap.max()))).astype(np.uint8)
+    h, w = val.obs.shape[2:]
+    zh, zw = min(24, h), min(54, w)
+    gap = 6
+    blocks = []
+    for i in picks:
+        boxes = val.boxes[val.boxes[:, 0] == i]
+        x, y, bw, bh = boxes[0, 1:].tolist() if len(boxes) else (w // 2, h // 2, 0, 0)
+        panels = [target[i], plain[i], weighted[i], wmap_u8[i]]
+        big = [_gray_bgr(p, 3) for p in panels]
+        if len(boxes):
+            corners = (3 * x - 3, 3 * y - 3), (3 * (x + bw) + 2, 3 * (y + bh) + 2)
+            cv2.rectangle(big[0], *corners, (0, 0, 255), 1)
+        x0 = int(np.clip(x + bw // 2 - zw // 2, 0, w - zw))
+        y0 = int(np.clip(y + bh // 2 - zh // 2, 0, h - zh))
+        zoom = [_gray_bgr(p[y0:y0 + zh, x0:x0 + zw], 8) for p in panels]
+        blocks.append(_row(big, gap))
+        blocks.append(_label(f"x8 zoom around the object at ({x}, {y})", blocks[-1].shape[1]))
+        blocks.append(_row(zoom, gap))
+        blocks.append(np.full((10, blocks[-1].shape[1], 3), 255, np.uint8))
+    width = max(b.shape[1] for b in blocks)
+    header = np.full((28, width, 3), 255, np.uint8)
+    titles = ["input (newest frame)", "plain MSE", f"weighted ({cfg.loss})", "weight map"]
+    for k, title in enumerate(titles):
+        cv2.putText(header, title, (k * (3 * w + gap) + 4, 20), cv2.FONT_HERSHEY_SIMPLEX, 0.6, (0, 0, 0), 1)
+    blocks = [np.pad(b, ((0, 0), (0, width - b.shape[1]), (0, 0)), constant_values=255) for b in blocks]
+    cv2.imwrite(str(path), np.vstack([header, *blocks]))
+
+
+def _gray_bgr(image: np.ndarray, zoom: int) -> np.ndarray:
+    big = cv2.resize(image, (image.shape[1] * zoom, image.shape[0] * zoom), interpolation=cv2.INTER_NEAREST)
+    return cv2.cvtColor(big, cv2.COLOR_GRAY2BGR)
+
+
+def _label(text: str, width: int) -> np.ndarray:
+    strip = np.full((18, width, 3), 255, np.uint8)
+    cv2.putText(strip, text, (4, 13), cv2.FONT_HERSHEY_SIMPLEX, 0.45, (0, 0, 0), 1)
+    return strip
+
+
+def _row(panels: list[np.ndarray], gap: int) -> np.ndarray:
+    spacer = np.full((panels[0].shape[0], gap, 3), 255, np.uint8)
+    return np.hstack([part for p in panels for part in (p, spacer)])
+
+
+def _finite(value):
+    """NaN -> None, so that report.json is strict JSON."""
+    if isinstance(value, dict):
+        return {k: _finite(v) for k, v in value.items()}
+    if isinstance(value, float) and math.isnan(value):
+        return None
+    return value
+
+
+def main(argv: list[str] | None = None) -> int:
+    try:
+        args = parse_args(argv)
+        base = base_recon_config(args.overrides)
+        out = Path(args.out)
+        if out.exists() and not out.is_dir():
+            raise UsageError(f"--out: {out} exists and is not a folder")
+        out.mkdir(parents=True, exist_ok=True)
+    except (UsageError, ConfigError) as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return 2
+    torch.set_num_threads(args.threads)
+    started = time.time()
+    bar = tqdm(total=args.collect_steps + args.steps * len(args.variants), disable=args.no_progress,
+               unit="step", dynamic_ncols=True)
+    try:
+        bar.set_description("collect")
+        data = collect(args, base, bar)
+        bar.total = bar.n + args.steps * len(args.variants)
+        train, val = split(data, args.val_every)
+    except UsageError as exc:
+        bar.close()
+        print(f"error: {exc}", file=sys.stderr)
+        return 2
+    variants, preds = {}, {}
+    for name in args.variants:
+        cfg = dataclasses.replace(base, **VARIANTS[name])
+        bar.set_description(name)
+        tick = time.time()
+        model = train_variant(train, cfg, args, bar)
+        preds[name] = reconstruct(model, val.obs)
+        variants[name] = {**score(preds[name], val, base), "train_seconds": round(time.time() - tick, 1),
+                          "recon": {k: v for k, v in dataclasses.asdict(cfg).items()
+                                    if not k.startswith("detect_")}}
+    bar.close()
+    plain, weighted = variants["plain"], variants["weighted"]
+    report = {
+        "variants": variants,
+        "targets": {
+            "recall_weighted_ge_0.9": weighted["small_object_recall"] >= 0.9,
+            "recall_weighted_ge_3x_plain":
+                weighted["small_object_recall"] >= 3 * plain["small_object_recall"],
+            "mse_weighted_le_1.25x_plain": weighted["mse"] <= 1.25 * plain["mse"],
+        },
+        "data": {
+            "source": args.checkpoint or "random play",
+            "train_frames": int(len(train.obs)), "val_frames": int(len(val.obs)),
+            "train_episodes": int(len(np.unique(train.episode))),
+            "val_episodes": int(len(np.unique(val.episode))),
+            "train_frames_with_objects": int(len(np.unique(train.boxes[:, 0]))),
+            "val_frames_with_objects": int(len(np.unique(val.boxes[:, 0]))),
+        },
+        "model": "agent.models Encoder (tanh-64 code) + Decoder; channel_mean inputs; "
+                 "decoder output bias at the mean gray",
+        "settings": {k: v for k, v in vars(args).items() if k not in ("out", "no_progress")},
+        "seconds": round(time.time() - started, 1),
+    }
+    (out / "report.json").write_text(json.dumps(_finite(report), indent=2))
+    comparison_png(out / "comparison.png", val, preds, base, args.examples, args.seed)
+    for name, v in variants.items():
+        print(f"{name:>16}: mse {v['mse']:.5f}  small_object_mse {v['small_object_mse']:.5f}  "
+              f"small_object_recall {v['small_object_recall']:.3f} ({v['objects_found']}/{v['objects']})")
+    print(f"wrote {out / 'report.json'} and {out / 'comparison.png'} in {report['seconds']:.0f} s")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

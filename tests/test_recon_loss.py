@@ -1,0 +1,112 @@
+import math
+
+import numpy as np
+import pytest
+import torch
+
+from agent.config import ReconConfig
+from agent.recon_loss import object_masks, recon_loss, recon_stats, weight_map
+
+H, W = 64, 144
+
+
+def frames_with_knife(n: int = 4, knife_frames: tuple[int, ...] = (0, 2)) -> np.ndarray:
+    frames = np.full((n, H, W), 85, dtype=np.uint8)
+    for i in knife_frames:
+        frames[i, 30:32, 20 + 10 * i:25 + 10 * i] = 74
+    return frames
+
+
+def as_target(frames: np.ndarray) -> torch.Tensor:
+    return torch.from_numpy(frames).float().div(255).unsqueeze(1)
+
+
+def test_object_masks_cover_the_grown_knife_box():
+    frames = frames_with_knife()
+    masks = object_masks(frames, ReconConfig(loss="weighted", mask_grow=1))
+    assert masks.dtype == bool and masks.shape == frames.shape
+    assert masks[0, 29:33, 19:26].all() and masks[0].sum() == 4 * 7
+    assert not masks[1].any() and not masks[3].any()
+    assert object_masks(frames, ReconConfig(loss="plain")) is None
+
+
+def test_weight_map_invariants():
+    masks = torch.from_numpy(object_masks(frames_with_knife(), ReconConfig()))
+    cfg = ReconConfig(loss="weighted", object_weight=20.0, empty_frame_weight=0.5)
+    wmap = weight_map(masks, (4, 1, H, W), cfg)
+    assert wmap.shape == (4, 1, H, W) and (wmap >= 0).all()
+    obj = masks.unsqueeze(1)
+    assert (wmap[obj] == 20.0).all()
+    assert (wmap[0][~obj[0]] == 1.0).all()  # background of a frame with a knife
+    assert (wmap[1] == 0.5).all()  # a frame without any
+    plain = weight_map(masks, (4, 1, H, W), ReconConfig(loss="plain"))
+    assert (plain == 1).all()
+
+
+def test_balanced_weights_average_each_group_then_add():
+    masks = torch.from_numpy(object_masks(frames_with_knife(), ReconConfig()))
+    cfg = ReconConfig(loss="balanced", balance=2.0)
+    torch.manual_seed(0)
+    pred, target = torch.rand(4, 1, H, W), torch.rand(4, 1, H, W)
+    sq = (pred - target).square()
+    obj = masks.unsqueeze(1)
+    expected = sq[~obj].mean() + 2.0 * sq[obj].mean()
+    assert recon_loss(pred, target, masks, cfg).item() == pytest.approx(expected.item(), rel=1e-5)
+    # Object pixels as a group weigh `balance` times the background, however few they are.
+    wmap = weight_map(masks, (4, 1, H, W), cfg)
+    assert wmap[obj].sum().item() == pytest.approx(2.0 * wmap[~obj].sum().item(), rel=1e-5)
+
+
+@pytest.mark.parametrize("loss", ["weighted", "balanced"])
+def test_weighted_loss_equals_mse_without_objects_and_unit_factors(loss):
+    cfg = ReconConfig(loss=loss, object_weight=1.0, empty_frame_weight=1.0, balance=1.0)
+    torch.manual_seed(1)
+    pred, target = torch.rand(3, 1, H, W), torch.rand(3, 1, H, W)
+    mse = (pred - target).square().mean()
+    no_objects = torch.zeros(3, H, W, dtype=torch.bool)
+    assert recon_loss(pred, target, no_objects, cfg).item() == pytest.approx(mse.item(), rel=1e-6)
+    assert recon_loss(pred, target, None, cfg).item() == pytest.approx(mse.item(), rel=1e-6)
+
+
+@pytest.mark.parametrize("loss", ["weighted", "balanced"])
+def test_gradient_at_object_pixels_is_larger_than_under_plain_mse(loss):
+    frames = frames_with_knife()
+    masks = torch.from_numpy(object_masks(frames, ReconConfig()))
+    target = as_target(frames)
+    grads = {}
+    for name in ("plain", loss):
+        pred = torch.full_like(target, 0.5, requires_grad=True)
+        recon_loss(pred, target, masks, ReconConfig(loss=name)).backward()
+        grads[name] = pred.grad.abs()[:, 0]
+    ratio = grads[loss][masks] / grads["plain"][masks]
+    assert (ratio > 5).all()
+    # Background pixels of frames with a knife keep (about) their plain gradient under `weighted`.
+    if loss == "weighted":
+        assert torch.allclose(grads[loss][0][~masks[0]], grads["plain"][0][~masks[0]])
+
+
+def test_recon_stats_perfect_and_knife_less_reconstructions():
+    frames = frames_with_knife()
+    target = as_target(frames)
+    masks = torch.from_numpy(object_masks(frames, ReconConfig()))
+    perfect = recon_stats(target.clone(), target, masks)
+    assert perfect == {"mse": 0.0, "small_object_mse": 0.0, "small_object_recall": 1.0}
+    blank = torch.full_like(target, 85 / 255)  # the wall without knives
+    stats = recon_stats(blank, target, None)  # masks computed from the targets
+    assert stats["small_object_recall"] == 0.0
+    knife_share = (5 * 2) / (7 * 4)  # a 5x2 knife in its 7x4 grown box
+    assert stats["small_object_mse"] == pytest.approx(knife_share * (11 / 255) ** 2, rel=1e-4)
+
+
+def test_recon_stats_counts_an_object_found_one_pixel_off():
+    frames = frames_with_knife(1, (0,))
+    moved = np.roll(frames, 1, axis=2)
+    stats = recon_stats(as_target(moved), as_target(frames), None)
+    assert stats["small_object_recall"] == 1.0
+
+
+def test_recon_stats_without_objects_reports_nan():
+    target = as_target(frames_with_knife(2, ()))
+    stats = recon_stats(target, target, None)
+    assert stats["mse"] == 0.0
+    assert math.isnan(stats["small_object_mse"]) and math.isnan(stats["small_object_recall"])
