@@ -5,7 +5,8 @@
 
 Three phases, each about --seconds long:
 1. env: the vector env alone, random actions (agent steps/s, all envs together);
-2. env + detection: the same, plus the small-object detector on every newest frame, as the learner runs it;
+2. env + detection: the same, plus the small-object detector on every newest frame, as the learner runs it
+   (phases 1 and 2 alternate in halves);
 3. train: the real training loop (rollout, update, logging) in a throw-away run folder.
 `ratio` = train_sps / env_sps. `profile` splits the training time into policy inference, env stepping,
 detection and the update, from the timers the training loop logs.
@@ -82,9 +83,12 @@ def main(argv: list[str] | None = None) -> int:
 
     print(f"benchmark: {config.env.num_envs} envs, obs {config.env.obs_shape}, device {device}, "
           f"{args.seconds:g} s per phase", flush=True)
-    raw = env_sps(config, args.seconds, detect=False)
+    # Alternating halves: a machine whose load drifts then biases neither phase.
+    halves = [(env_sps(config, args.seconds / 2, detect=False), env_sps(config, args.seconds / 2, detect=True))
+              for _ in range(2)]
+    raw = sum(h[0] for h in halves) / 2
+    detected = sum(h[1] for h in halves) / 2
     print(f"env:              {raw:10.0f} steps/s", flush=True)
-    detected = env_sps(config, args.seconds, detect=True)
     print(f"env + detection:  {detected:10.0f} steps/s", flush=True)
     trained = train_profile(config, args.seconds)
     print(f"train:            {trained['train_sps']:10.0f} steps/s over {trained['updates']} updates", flush=True)
@@ -97,8 +101,10 @@ def main(argv: list[str] | None = None) -> int:
         "env_with_detection_sps": detected,
         "detection_overhead": raw / detected - 1.0,
         "profile": trained["profile"],
+        # The same cost as seen inside the training loop: seconds detecting per second stepping.
+        "detection_overhead_in_training": trained["profile"]["detect"] / max(trained["profile"]["env"], 1e-9),
         "obs_shape": list(config.env.obs_shape),
-        "config": str(args.config),
+        "config": str(args.config.relative_to(ROOT) if args.config.is_relative_to(ROOT) else args.config),
         "overrides": args.overrides,
         "torch_threads": torch.get_num_threads(),
         "date": time.strftime("%Y-%m-%d"),
