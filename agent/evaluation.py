@@ -30,21 +30,12 @@ from tqdm import tqdm
 
 from agent.checkpoint import build_agent, checkpoint_config, load_checkpoint
 from agent.config import Config, EnvConfig
+from agent.device import resolve_device
 from agent.env import HUMAN_SCORE, RANDOM_SCORE, GameEnv, human_normalized
 from agent.models import Agent
 
 PROTOCOL_STICKY = 0.25
 PROTOCOL_MAX_FRAMES = 108_000
-
-
-def resolve_device(name: str = "auto") -> torch.device:
-    """auto -> cuda when present, else cpu; otherwise the named device (a bad name is a ValueError)."""
-    if name == "auto":
-        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    device = torch.device(name)
-    if device.type == "cuda" and not torch.cuda.is_available():
-        raise ValueError(f"device {name}: CUDA is not available on this machine")
-    return device
 
 
 def protocol_env_config(cfg: EnvConfig, num_envs: int, max_frames: int | None = None,

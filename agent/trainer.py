@@ -25,6 +25,7 @@ from agent.checkpoint import (
     save_checkpoint,
 )
 from agent.config import Config, save_config
+from agent.device import resolve_device
 from agent.env import GameEnv
 from agent.logger import RunLogger
 from agent.models import Agent, recon_target
@@ -33,14 +34,6 @@ from agent.ppo import compute_gae, policy_loss, value_loss
 
 class NonFiniteLossError(RuntimeError):
     """The loss became NaN or infinite; the run stops and its last checkpoint is left as it was."""
-
-
-def select_device(name: str) -> torch.device:
-    if name == "auto":
-        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    if name.startswith("cuda") and not torch.cuda.is_available():
-        raise ValueError(f"train.device is {name} but no CUDA device is available")
-    return torch.device(name)
 
 
 def seed_everything(seed: int, deterministic: bool) -> None:
@@ -98,7 +91,7 @@ def train(config: Config, run_dir: str | Path, resume: bool = False, max_updates
     resumed = load_checkpoint(run_dir / "checkpoints" / "latest.pt") if resume else None
     save_config(config, run_dir / "config.yaml")
     cfg_env, cfg_ppo, cfg_train = config.env, config.ppo, config.train
-    device = select_device(cfg_train.device)
+    device = resolve_device(cfg_train.device)
     if cfg_train.torch_threads > 0:
         torch.set_num_threads(cfg_train.torch_threads)
     seed_everything(cfg_train.seed, cfg_train.deterministic)

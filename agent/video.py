@@ -39,6 +39,7 @@ import torch
 from tqdm import tqdm
 
 from agent.config import Config, EnvConfig
+from agent.device import resolve_device
 from agent.env import episode_seed
 from agent.evaluation import (
     PROTOCOL_MAX_FRAMES,
@@ -46,7 +47,6 @@ from agent.evaluation import (
     options_argv,
     policy_step,
     protocol_env_config,
-    resolve_device,
 )
 from agent.models import Agent
 

@@ -27,8 +27,9 @@ import torch
 from agent import recon_loss as recon
 from agent.cli import OneLineParser, positive
 from agent.config import ConfigError, load_config
+from agent.device import resolve_device
 from agent.env import GameEnv
-from agent.trainer import select_device, train
+from agent.trainer import train
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -76,7 +77,7 @@ def main(argv: list[str] | None = None) -> int:
         config = load_config(args.config, [*args.overrides, f"train.time_limit_s={args.seconds}",
                                            "train.total_frames=1000000000", "train.keep_checkpoints=0",
                                            "train.checkpoint_every_updates=1000000"])
-        device = select_device(config.train.device)
+        device = resolve_device(config.train.device)
     except (ConfigError, ValueError) as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 2
