@@ -19,6 +19,12 @@ from agent.normalization import ObsNormalizer
 # Orthogonal-init gains: ReLU trunk, a near-uniform initial policy, a unit-scale critic.
 GAINS = {"trunk": math.sqrt(2), "actor": 0.01, "critic": 1.0, "code": 1.0}
 
+DECODER_START_GRAY = 85
+"""The decoder's first picture is this flat gray (the play band's wall) rather than sigmoid(0) = 128: a
+first error that is large and the same everywhere drives every unit of the tanh code into saturation
+within the first 30-100 Adam steps of an autoencoder, and the code never recovers (scripts/recon_report.py
+measured a validation mse stuck at the mean image's, 0.0047, after 3,000 steps)."""
+
 
 def layer_init(layer: nn.Module, gain: float) -> nn.Module:
     nn.init.orthogonal_(layer.weight, gain)
@@ -79,6 +85,8 @@ class Decoder(nn.Module):
                 layers.append(nn.ReLU())
             h, w = out_h, out_w
         self.deconv = nn.Sequential(*layers)
+        gray = DECODER_START_GRAY / 255.0
+        nn.init.constant_(self.deconv[-1].bias, math.log(gray / (1.0 - gray)))
 
     def forward(self, code: torch.Tensor) -> torch.Tensor:
         x = self.linear(code).view(-1, *self.trunk_shape)
@@ -101,7 +109,7 @@ class Agent(nn.Module):
         super().__init__()
         self.obs_shape = tuple(obs_shape)
         self.num_actions = num_actions
-        self.normalizer = ObsNormalizer(cfg.normalization, obs_shape, clip=cfg.norm_clip)
+        self.normalizer = ObsNormalizer(cfg.normalization, obs_shape, clip=cfg.norm_clip, contrast=cfg.norm_contrast)
         self.encoder = Encoder(obs_shape, cfg)
         self.actor = _head(cfg.features_dim, cfg.head_hidden, num_actions, GAINS["actor"])
         self.critic = _head(cfg.features_dim, cfg.head_hidden, 1, GAINS["critic"])

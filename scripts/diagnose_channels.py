@@ -266,7 +266,10 @@ def plot_normalization(runs: list[dict], contrast: dict[str, dict], path: Path) 
         ax.set_ylabel("test loss (BCE)")
     axes[0].legend(fontsize=7)
     kinds = list(contrast)
-    axes[-1].bar(kinds, [contrast[k]["relative_contrast"] for k in kinds], color="tab:purple")
+    # None: an input without spread (a flat frame), where any knife is infinitely loud; not drawn.
+    heights = [math.nan if contrast[k]["relative_contrast"] is None else contrast[k]["relative_contrast"]
+               for k in kinds]
+    axes[-1].bar(kinds, heights, color="tab:purple")
     axes[-1].set_title("knife contrast / input spread (real frames)", fontsize=9)
     axes[-1].tick_params(axis="x", labelsize=7, rotation=30)
     fig.tight_layout()
@@ -529,11 +532,15 @@ def _normalization_section(n: dict) -> list[str]:
               f"per frame. pixel_mean removes the static scene, so the spread shrinks and the knife stands out "
               f"{_num(k['pixel_mean']['gain_vs_raw'], 2)}x more. running divides each pixel by its own std, tiny on "
               f"the flat floor where knives fly: {_num(k['running']['gain_vs_raw'], 2)}x, the knife moves the input "
-              f"by {k['running']['knife_delta']:.2f} (the clip is 5). The same gain applies to any noise on those "
-              "pixels, and a statistic that drifts during training moves the encoder's input under it.",
+              f"by {k['running']['knife_delta']:.2f} (the clip is 3). The same gain applies to any noise on those "
+              "pixels, and a statistic that drifts during training moves the encoder's input under it. "
+              "row_contrast (the default) fits nothing: each row minus its own background, in units of 4 gray "
+              f"levels, so the knife moves the input by {k['row_contrast']['knife_delta']:.2f} wherever it flies "
+              f"({_num(k['row_contrast']['gain_vs_raw'], 2)}x).",
               "- For the agent: `model.normalization` selects one of these, the statistics are buffers saved in the "
-              "checkpoint and frozen in evaluation and video. By this measure pixel_mean and running make the knife "
-              "a larger part of what the first conv sees; scale and channel_mean do not change it.", ""]
+              "checkpoint and frozen in evaluation and video. By this measure pixel_mean, running and row_contrast "
+              "make the knife a larger part of what the first conv sees; scale and channel_mean do not change it.",
+              ""]
     return lines
 
 

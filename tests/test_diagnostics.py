@@ -164,8 +164,11 @@ def test_knife_contrast_known_answers():
     # pixel_mean removes the static scene: same knife, smaller spread.
     assert result["pixel_mean"]["knife_delta"] == pytest.approx(11 / 255, rel=1e-4)
     assert result["pixel_mean"]["gain_vs_raw"] > 1.0
-    # running divides by the pixel's std, ~0 on the flat floor: 11/255 / sqrt(1e-4) = 4.31 (below the clip of 5).
-    assert result["running"]["knife_delta"] == pytest.approx(11 / 255 / 0.01, rel=1e-3)
+    # running divides by the pixel's std, ~0 on the flat floor: 11/255 / sqrt(1e-4) = 4.31, clipped at 3.
+    assert result["running"]["knife_delta"] == pytest.approx(3.0)
+    # row_contrast: 11 gray levels below the row's background, in units of 4 levels.
+    assert result["row_contrast"]["knife_delta"] == pytest.approx(11 / 4)
+    assert result["row_contrast"]["gain_vs_raw"] > result["pixel_mean"]["gain_vs_raw"]
 
 
 def test_normalize_maps_statistics():

@@ -4,7 +4,7 @@ import pytest
 import torch
 
 from agent.config import ModelConfig
-from agent.models import GAINS, Agent, recon_target
+from agent.models import DECODER_START_GRAY, GAINS, Agent, recon_target
 
 
 @pytest.mark.parametrize("shape", [(4, 64, 144), (4, 84, 84), (4, 210, 160)])
@@ -52,3 +52,11 @@ def test_heads_use_the_table_of_gains():
 def test_a_trunk_that_shrinks_the_input_to_nothing_is_refused():
     with pytest.raises(ValueError, match="shrinks"):
         Agent((4, 8, 8), 14, ModelConfig())
+
+
+def test_a_fresh_decoder_draws_the_walls_gray():
+    torch.manual_seed(0)
+    agent = Agent((4, 64, 144), 14, ModelConfig())
+    picture = agent.reconstruct(torch.randint(0, 256, (8, 4, 64, 144), dtype=torch.uint8)) * 255
+    assert DECODER_START_GRAY == 85
+    assert abs(picture.mean().item() - 85) < 1.0 and picture.std().item() < 2.0

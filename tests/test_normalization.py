@@ -44,7 +44,7 @@ def test_running_forward_standardizes_and_clips():
     data = np.concatenate(batches).astype(np.float64) / 255.0
     x = batches[0][:5]
     expected = (x / 255.0 - data.mean(axis=0)) / np.sqrt(data.var(axis=0) + norm.eps)
-    np.testing.assert_allclose(norm(torch.from_numpy(x)).numpy(), np.clip(expected, -5, 5), atol=1e-5)
+    np.testing.assert_allclose(norm(torch.from_numpy(x)).numpy(), np.clip(expected, -norm.clip, norm.clip), atol=1e-5)
 
     # A pixel that never changed: a knife-sized step of 11/255 is divided by sqrt(eps) = 0.01 ...
     flat = ObsNormalizer("running", (1, 1, 2), clip=5.0)
@@ -78,6 +78,21 @@ def test_scale_divides_by_255_and_fits_nothing():
     assert norm.count.item() == 0
     x = torch.tensor([[[[0, 51, 255]]]], dtype=torch.uint8)
     assert torch.allclose(ObsNormalizer("scale", (1, 1, 3))(x), torch.tensor([[[[0.0, 0.2, 1.0]]]]))
+
+
+def test_row_contrast_zeroes_each_rows_background_and_keeps_a_knife_loud():
+    frame = np.full((1, 2, 6, 40), 85, dtype=np.uint8)
+    frame[0, :, 1] = 120  # a row of another flat colour: it is its own background
+    frame[0, -1, 3, 10:15] = 74  # a knife, 11 darker than the wall
+    frame[0, -1, 2:6, 30:34] = 230  # part of a fighter, far brighter
+    norm = ObsNormalizer("row_contrast", (2, 6, 40), clip=3.0, contrast=4.0)
+    norm.update(torch.from_numpy(frame))
+    assert norm.count.item() == 0  # nothing fitted
+    out = norm(torch.from_numpy(frame))[0, -1]
+    assert out[3, 10:15].tolist() == [-11 / 4] * 5
+    assert out[3, 30:34].tolist() == [3.0] * 4  # clipped
+    assert out[1].abs().max().item() == 0.0 and out[0].abs().max().item() == 0.0
+    assert out[3, 20].item() == 0.0
 
 
 @pytest.mark.parametrize("kind", ["channel_mean", "pixel_mean", "running"])

@@ -7,7 +7,8 @@ def test_recon_report_smoke(tmp_path):
     out = tmp_path / "report"
     result = run_script("recon_report.py", "--out", str(out), "--steps", "3", "--batch-size", "4",
                         "--frames", "48", "--collect-steps", "80", "--num-envs", "4", "--examples", "2",
-                        "--variants", "plain,weighted,weighted_shift", "--no-progress", timeout=120)
+                        "--variants", "plain,weighted,weighted_shift", "--set", "model.normalization=channel_mean",
+                        "--no-progress", timeout=120)
     assert result.returncode == 0, result.stderr[-2000:]
     report = json.loads((out / "report.json").read_text())
     assert set(report["variants"]) == {"plain", "weighted", "weighted_shift"}
@@ -15,6 +16,7 @@ def test_recon_report_smoke(tmp_path):
         assert {"mse", "small_object_mse", "small_object_recall"} <= set(variant)
         assert variant["mse"] > 0
     assert report["variants"]["weighted"]["recon"]["loss"] != "plain"
+    assert report["model"]["normalization"] == "channel_mean" and report["model"]["features_dim"] == 64
     assert report["data"]["train_episodes"] >= 1 and report["data"]["val_episodes"] >= 1
     png = (out / "comparison.png").read_bytes()
     assert png[:8] == b"\x89PNG\r\n\x1a\n" and len(png) > 1000

@@ -42,7 +42,9 @@ def test_a2c_and_detached_encoder_train(tmp_path, smoke_config):
     torch.manual_seed(config.train.seed)
     before = Agent(config.env.obs_shape, 14, config.model).state_dict()
     assert torch.equal(before["encoder.code.1.weight"], state["model"]["encoder.code.1.weight"])
-    assert not torch.equal(before["actor.2.weight"], state["model"]["actor.2.weight"])
+    # The actor does train. (Its bias, at least: the first frames of a game show an empty play band,
+    # which row_contrast turns into an all-zero input, so the hidden layer's activations are zero there.)
+    assert not torch.equal(before["actor.2.bias"], state["model"]["actor.2.bias"])
 
 
 def test_non_finite_loss_stops_and_keeps_the_last_checkpoint(tmp_path, smoke_config, monkeypatch):
