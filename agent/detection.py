@@ -116,10 +116,16 @@ def _check_frames(frames: np.ndarray, ndim: int) -> np.ndarray:
     return frames
 
 
+def background_columns(width: int) -> slice:
+    """The columns a row's background is the median of: about BG_SAMPLES of them, evenly spread. The
+    `row_contrast` input normalization (agent/normalization.py) samples the same ones."""
+    step = max(1, width // BG_SAMPLES)
+    return slice(step // 2, None, step)
+
+
 def _row_background(tall: np.ndarray) -> np.ndarray:
-    """Median of each row over a sample of about BG_SAMPLES columns: (rows, 1)."""
-    step = max(1, tall.shape[1] // BG_SAMPLES)
-    sample = tall[:, step // 2::step]
+    """Median (the upper one of an even sample) of each row over background_columns: (rows, 1)."""
+    sample = tall[:, background_columns(tall.shape[1])]
     mid = sample.shape[1] // 2
     return np.partition(sample, mid, axis=1)[:, mid:mid + 1]
 

@@ -5,8 +5,9 @@ import pytest
 import torch
 
 from agent.config import ModelConfig
+from agent.detection import _row_background
 from agent.models import Agent
-from agent.normalization import KINDS, ObsNormalizer
+from agent.normalization import KINDS, ObsNormalizer, row_background
 
 SHAPE = (2, 3, 5)
 
@@ -93,6 +94,13 @@ def test_row_contrast_zeroes_each_rows_background_and_keeps_a_knife_loud():
     assert out[3, 30:34].tolist() == [3.0] * 4  # clipped
     assert out[1].abs().max().item() == 0.0 and out[0].abs().max().item() == 0.0
     assert out[3, 20].item() == 0.0
+
+
+@pytest.mark.parametrize("width", [144, 160, 37, 5])
+def test_row_contrast_background_is_the_detectors(width):
+    rows = np.random.default_rng(width).integers(0, 256, (50, width), dtype=np.uint8)
+    ours = row_background(torch.from_numpy(rows).float()).numpy()
+    np.testing.assert_array_equal(ours, _row_background(rows).astype(np.float32))
 
 
 @pytest.mark.parametrize("kind", ["channel_mean", "pixel_mean", "running"])
