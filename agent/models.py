@@ -26,6 +26,11 @@ within the first 30-100 Adam steps of an autoencoder, and the code never recover
 measured a validation mse stuck at the mean image's, 0.0047, after 3,000 steps)."""
 
 
+def make_normalizer(obs_shape: tuple[int, ...], cfg: ModelConfig) -> ObsNormalizer:
+    """The input normalizer `cfg` asks for (kind, clip and contrast), unfitted."""
+    return ObsNormalizer(cfg.normalization, obs_shape, clip=cfg.norm_clip, contrast=cfg.norm_contrast)
+
+
 def layer_init(layer: nn.Module, gain: float) -> nn.Module:
     nn.init.orthogonal_(layer.weight, gain)
     nn.init.zeros_(layer.bias)
@@ -109,7 +114,7 @@ class Agent(nn.Module):
         super().__init__()
         self.obs_shape = tuple(obs_shape)
         self.num_actions = num_actions
-        self.normalizer = ObsNormalizer(cfg.normalization, obs_shape, clip=cfg.norm_clip, contrast=cfg.norm_contrast)
+        self.normalizer = make_normalizer(obs_shape, cfg)
         self.encoder = Encoder(obs_shape, cfg)
         self.actor = _head(cfg.features_dim, cfg.head_hidden, num_actions, GAINS["actor"])
         self.critic = _head(cfg.features_dim, cfg.head_hidden, 1, GAINS["critic"])

@@ -48,8 +48,7 @@ from agent.augment import augment
 from agent.cli import OneLineParser, positive
 from agent.config import ConfigError, EnvConfig, ModelConfig, ReconConfig, config_from_dict
 from agent.detection import boxes_to_masks, detect_boxes
-from agent.models import Decoder, Encoder, recon_target
-from agent.normalization import ObsNormalizer
+from agent.models import Decoder, Encoder, make_normalizer, recon_target
 from agent.recon_loss import match_objects, recon_loss, to_uint8, weight_map
 
 # name -> changes to the run's ReconConfig. "weighted" is the configured loss (recon.loss, default weighted).
@@ -219,8 +218,7 @@ class AutoEncoder(torch.nn.Module):
     def __init__(self, train_obs: np.ndarray, model_cfg: ModelConfig, seed: int):
         super().__init__()
         torch.manual_seed(seed)
-        self.normalizer = ObsNormalizer(model_cfg.normalization, train_obs.shape[1:], clip=model_cfg.norm_clip,
-                                        contrast=model_cfg.norm_contrast)
+        self.normalizer = make_normalizer(train_obs.shape[1:], model_cfg)
         self.normalizer.update(torch.from_numpy(train_obs[:2048]))
         self.encoder = Encoder(train_obs.shape[1:], model_cfg)
         self.decoder = Decoder(self.encoder, model_cfg)
