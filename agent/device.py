@@ -1,4 +1,5 @@
-"""The one place a device name from a config or a command line becomes a torch device."""
+"""The one place a device name from a config or a command line becomes a torch device, and the layout
+the model's weights take on it."""
 
 from __future__ import annotations
 
@@ -13,3 +14,10 @@ def resolve_device(name: str = "auto") -> torch.device:
     if device.type == "cuda" and not torch.cuda.is_available():
         raise ValueError(f"device {name}: CUDA is not available on this machine")
     return device
+
+
+def memory_format(device: torch.device) -> torch.memory_format:
+    """The layout the model's conv weights are kept in on `device`: channels_last on the CPU, where
+    oneDNN's convolutions run faster on it (the reconstruction report's training step: 22 ms against
+    26 ms on 2 cores; PPO training steps/s +6%); the default elsewhere, which no GPU run has measured."""
+    return torch.channels_last if device.type == "cpu" else torch.preserve_format

@@ -37,8 +37,52 @@ def layer_init(layer: nn.Module, gain: float) -> nn.Module:
     return layer
 
 
+class ColumnCode(nn.Module):
+    """The trunk's map -> a tanh code laid out in columns: `units` values for each of the map's columns
+    (a conv over the map's full height, 3 columns wide), then `features_dim - units * columns` values
+    for the whole frame (a linear over the flattened map).
+
+    A dense code has its own weights for every x of the map; the column conv shares one set across x,
+    so what the code learned to keep at one place it keeps at every place, with 228k parameters in the
+    agent instead of 649k. Measured with scripts/recon_report.py's defaults: knife recall 0.81 (dense:
+    0.82) at 1.27x the plain loss's mse (dense: 1.30x), and less hedging (recall by chance 0.26, dense
+    0.35); PPO learns as fast over 80 updates. Not the default: the gain is within run-to-run spread."""
+
+    def __init__(self, trunk_shape: tuple[int, int, int], features_dim: int, units: int):
+        super().__init__()
+        ch, h, w = trunk_shape
+        rest = features_dim - units * w
+        if rest < 1:
+            raise ValueError(f"model.features_dim={features_dim} leaves no whole-frame units beside "
+                             f"{units} column units x {w} columns: lower model.column_units")
+        self.columns = layer_init(nn.Conv2d(ch, units, (h, 3), padding=(0, 1)), GAINS["code"])
+        self.rest = layer_init(nn.Linear(ch * h * w, rest), GAINS["code"])
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return torch.tanh(torch.cat([self.columns(x).flatten(1), self.rest(x.flatten(1))], 1))
+
+
+class ColumnDecode(nn.Module):
+    """The mirror of ColumnCode: a column code -> the trunk's map, by a transposed conv over each column's
+    units and the whole-frame units (the same at every column)."""
+
+    def __init__(self, trunk_shape: tuple[int, int, int], features_dim: int, units: int):
+        super().__init__()
+        ch, h, w = trunk_shape
+        self.units, self.width = units, w
+        self.deconv = layer_init(nn.ConvTranspose2d(features_dim - units * w + units, ch, (h, 3), padding=(0, 1)),
+                                 GAINS["trunk"])
+
+    def forward(self, code: torch.Tensor) -> torch.Tensor:
+        split = self.units * self.width
+        columns = code[:, :split].view(-1, self.units, 1, self.width)
+        rest = code[:, split:, None, None].expand(-1, -1, 1, self.width)
+        return torch.relu(self.deconv(torch.cat([columns, rest], 1)))
+
+
 class Encoder(nn.Module):
-    """Conv trunk -> linear -> tanh: a `features_dim` code in (-1, 1)."""
+    """Conv trunk -> tanh code of `features_dim` values in (-1, 1): dense (linear over the whole map) or
+    laid out in columns (ColumnCode), as `model.code_layout` says."""
 
     def __init__(self, obs_shape: tuple[int, int, int], cfg: ModelConfig):
         super().__init__()
@@ -60,24 +104,31 @@ class Encoder(nn.Module):
                 x = layer(x)
         self.trunk_shape = tuple(x.shape[1:])
         self.features_dim = cfg.features_dim
-        self.code = nn.Sequential(
-            nn.Flatten(), layer_init(nn.Linear(x[0].numel(), cfg.features_dim), GAINS["code"]), nn.Tanh()
-        )
+        if cfg.code_layout == "columns":
+            self.code = ColumnCode(self.trunk_shape, cfg.features_dim, cfg.column_units)
+        else:
+            self.code = nn.Sequential(
+                nn.Flatten(), layer_init(nn.Linear(x[0].numel(), cfg.features_dim), GAINS["code"]), nn.Tanh()
+            )
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         return self.code(self.trunk(x))
 
 
 class Decoder(nn.Module):
-    """Mirrors the encoder: linear -> transposed convs -> sigmoid, one frame in [0, 1]."""
+    """Mirrors the encoder: linear (or ColumnDecode) -> transposed convs -> sigmoid, one frame in [0, 1]."""
 
     def __init__(self, encoder: Encoder, cfg: ModelConfig):
         super().__init__()
         ch, h, w = encoder.trunk_shape
         self.trunk_shape = (ch, h, w)
-        self.linear = nn.Sequential(
-            layer_init(nn.Linear(encoder.features_dim, ch * h * w), GAINS["trunk"]), nn.ReLU()
-        )
+        # code -> the trunk's map. Named `linear` after the dense layout's layer: checkpoints key on it.
+        if cfg.code_layout == "columns":
+            self.linear = ColumnDecode(self.trunk_shape, encoder.features_dim, cfg.column_units)
+        else:
+            self.linear = nn.Sequential(
+                layer_init(nn.Linear(encoder.features_dim, ch * h * w), GAINS["trunk"]), nn.ReLU()
+            )
         layers: list[nn.Module] = []
         convs = list(zip(cfg.channels, cfg.kernels, cfg.strides, encoder.spatial_sizes, strict=True))
         for idx in reversed(range(len(convs))):

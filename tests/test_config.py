@@ -32,6 +32,8 @@ def test_overrides_reach_nested_keys_and_derived_values_follow():
         ({}, ["env.crop=[0, 300, 0, 10]"], "env.crop"),
         ({}, ["ppo.num_minibatches=3"], "ppo.num_minibatches: must divide"),
         ({}, ["model.normalization=whiten"], "model.normalization: must be one of"),
+        ({}, ["model.code_layout=rows"], "model.code_layout: must be one of"),
+        ({}, ["model.column_units=0"], "model.column_units: must be at least 1"),
         ({"env": 3}, [], "env: expected a mapping"),
     ],
 )

@@ -4,12 +4,14 @@ import pytest
 import torch
 
 from agent.config import ModelConfig
-from agent.models import DECODER_START_GRAY, GAINS, Agent, recon_target
+from agent.models import DECODER_START_GRAY, GAINS, Agent, ColumnCode, ColumnDecode, recon_target
 
 
-@pytest.mark.parametrize("shape", [(4, 64, 144), (4, 84, 84), (4, 210, 160)])
-def test_output_shapes_for_crop_resize_and_native(shape):
-    agent = Agent(shape, 14, ModelConfig())
+@pytest.mark.parametrize(("shape", "layout"), [((4, 64, 144), "dense"), ((4, 84, 84), "dense"),
+                                               ((4, 210, 160), "dense"), ((4, 64, 144), "columns"),
+                                               ((4, 84, 84), "columns")])
+def test_output_shapes_for_crop_resize_and_native(shape, layout):
+    agent = Agent(shape, 14, ModelConfig(code_layout=layout))
     x = torch.randint(0, 256, (3, *shape), dtype=torch.uint8)
     action, logprob, entropy, value = agent.get_action_and_value(x)
     assert action.shape == logprob.shape == entropy.shape == value.shape == (3,)
@@ -54,9 +56,53 @@ def test_a_trunk_that_shrinks_the_input_to_nothing_is_refused():
         Agent((4, 8, 8), 14, ModelConfig())
 
 
-def test_a_fresh_decoder_draws_the_walls_gray():
+@pytest.mark.parametrize("layout", ["dense", "columns"])
+def test_a_fresh_decoder_draws_the_walls_gray(layout):
     torch.manual_seed(0)
-    agent = Agent((4, 64, 144), 14, ModelConfig())
+    agent = Agent((4, 64, 144), 14, ModelConfig(code_layout=layout))
     picture = agent.reconstruct(torch.randint(0, 256, (8, 4, 64, 144), dtype=torch.uint8)) * 255
     assert DECODER_START_GRAY == 85
     assert abs(picture.mean().item() - 85) < 1.0 and picture.std().item() < 2.0
+
+
+def test_column_code_is_64_tanh_units_14_columns_of_4_then_8_for_the_frame():
+    agent = Agent((4, 64, 144), 14, ModelConfig(code_layout="columns"))
+    code_layer = agent.encoder.code
+    assert agent.encoder.trunk_shape == (64, 4, 14)
+    assert code_layer.columns.out_channels == 4 and code_layer.rest.out_features == 64 - 4 * 14
+    with torch.no_grad():
+        code_layer.columns.weight.mul_(100)
+    code = agent.encode(torch.randint(0, 256, (5, 4, 64, 144), dtype=torch.uint8))
+    assert code.shape == (5, 64) and code.abs().max() <= 1.0 and code.abs().max() > 0.99
+
+
+def test_column_code_moves_with_the_map():
+    # The same weights at every column: a map shifted one column right gives the column code shifted
+    # one column right, away from the edges (the zero padding).
+    torch.manual_seed(0)
+    layer = ColumnCode((6, 4, 10), features_dim=25, units=2)
+    x = torch.rand(1, 6, 4, 10)
+    shifted = torch.nn.functional.pad(x, (1, 0))[..., :10]
+    cols = layer(x)[0, :20].view(2, 10)
+    cols_shifted = layer(shifted)[0, :20].view(2, 10)
+    torch.testing.assert_close(cols_shifted[:, 2:9], cols[:, 1:8])
+    assert not torch.allclose(cols_shifted[:, 2:9], cols[:, 2:9])
+
+
+def test_column_decode_renders_a_columns_units_only_near_that_column():
+    torch.manual_seed(0)
+    layer = ColumnDecode((6, 4, 10), features_dim=25, units=2)
+    code = torch.rand(1, 25) - 0.5
+    changed = code.clone()
+    changed[0, 5] += 1.0  # unit 0 of column 5
+    diff = (layer(changed) - layer(code)).abs().sum(dim=(0, 1, 2))
+    assert diff[[4, 5, 6]].min() > 0 and diff[[0, 1, 2, 3, 7, 8, 9]].max() == 0
+    rest_changed = code.clone()
+    rest_changed[0, 24] += 1.0  # a whole-frame unit reaches every column
+    assert (layer(rest_changed) - layer(code)).abs().sum(dim=(0, 1, 2)).min() > 0
+
+
+def test_a_column_code_without_whole_frame_units_is_refused():
+    # Native frames leave 16 trunk columns: 16 x 4 units fill all 64.
+    with pytest.raises(ValueError, match="lower model.column_units"):
+        Agent((4, 210, 160), 14, ModelConfig(code_layout="columns"))
