@@ -20,10 +20,10 @@ with a per-pixel weight map W (`weight_map`):
   carry `balance` times the weight of the whole background. With no objects it is MSE again.
 
 What weights do, measured (scripts/recon_report.py: the agent's normalizer, encoder and decoder trained
-as an autoencoder on random-play frames, half of them with a knife, scored on held-out episodes): plain
-MSE recalls about 1% of the knives; object_weight 300 recalls 67% at 1.28x the plain mse (48,000 frames,
-12,000 steps). Much of the miss is hedging: a decoder unsure where a knife is draws faint knife-like
-blobs all along the rows knives fly in, because the weighted error's minimum at a pixel is the
+as an autoencoder on random-play frames, three quarters of them with a knife, scored on held-out
+episodes): plain MSE recalls about 2% of the knives; object_weight 300 recalls 80% at 1.29x the plain mse
+(48,000 frames, 12,000 steps). Much of the miss is hedging: a decoder unsure where a knife is draws faint
+knife-like blobs all along the rows knives fly in, because the weighted error's minimum at a pixel is the
 weight-averaged target, which a heavy weight pulls towards the knife's gray even where a knife is
 unlikely. The report therefore also gives the recall's chance level and the precision of the
 reconstruction's detections. In earlier sweeps (4,000 steps) `object_weight` 300 recalled the most above
