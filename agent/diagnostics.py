@@ -31,7 +31,9 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from agent.normalization import KINDS, ObsNormalizer
+from agent.config import ModelConfig
+from agent.models import make_normalizer
+from agent.normalization import KINDS
 
 # ---------------------------------------------------------------------------------------------------
 # Weight magnitudes per input channel
@@ -618,10 +620,11 @@ class RawInput(nn.Module):
 
 
 def fitted_normalizer(kind: str, frames: torch.Tensor) -> nn.Module:
-    """The normalizer of `kind` fitted on uint8 `frames` (N, *shape), frozen (eval mode)."""
+    """The agent's normalizer of `kind` (the model config's clip and contrast) fitted on uint8 `frames`
+    (N, *shape), frozen (eval mode)."""
     if kind == "raw":
         return RawInput().eval()
-    normalizer = ObsNormalizer(kind, tuple(frames.shape[1:]))
+    normalizer = make_normalizer(tuple(frames.shape[1:]), ModelConfig(normalization=kind))
     normalizer.train()
     normalizer.update(frames)
     return normalizer.eval()
