@@ -1,10 +1,9 @@
-import importlib.util
 import json
 
 import numpy as np
 import pytest
 import torch
-from conftest import ROOT, run_script
+from conftest import load_script, run_script
 from torch import nn
 
 from agent.config import ModelConfig
@@ -215,13 +214,6 @@ def test_script_quick_run_writes_report_summary_and_plots(tmp_path):
         assert (out / plot).stat().st_size > 1000
 
 
-def _script():
-    spec = importlib.util.spec_from_file_location("diagnose_channels", ROOT / "scripts" / "diagnose_channels.py")
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
-
-
 @pytest.mark.parametrize("args, message", [
     (["--out", "FILE"], "not a folder"),
     (["--out", "DIR", "--checkpoint", "missing.pt"], "no such file"),
@@ -233,7 +225,7 @@ def test_script_bad_input_exits_2_with_one_line(tmp_path, capsys, args, message)
     (tmp_path / "file").write_text("x")
     args = [str(tmp_path / "file") if a == "FILE" else str(tmp_path / "d") if a == "DIR" else a for a in args]
     with pytest.raises(SystemExit) as exit_info:
-        _script().main(args)
+        load_script("diagnose_channels").main(args)
     assert exit_info.value.code == 2
     err = capsys.readouterr().err
     assert len(err.strip().splitlines()) == 1 and message in err
@@ -242,7 +234,7 @@ def test_script_bad_input_exits_2_with_one_line(tmp_path, capsys, args, message)
 
 def test_script_help(capsys):
     with pytest.raises(SystemExit) as exit_info:
-        _script().main(["--help"])
+        load_script("diagnose_channels").main(["--help"])
     assert exit_info.value.code == 0
     out = capsys.readouterr().out
     assert "--checkpoint" in out and "--quick" in out and "--seed" in out

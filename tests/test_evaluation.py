@@ -1,4 +1,3 @@
-import importlib.util
 import json
 import math
 from pathlib import Path
@@ -6,7 +5,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
-from conftest import ROOT, run_script
+from conftest import ROOT, load_script, run_script
 
 from agent import evaluation
 from agent.checkpoint import checkpoint_state, save_checkpoint
@@ -149,14 +148,6 @@ def test_bad_numbers_are_one_line_and_exit_code_2(args, fresh_checkpoint, capsys
 
 def _ale_banner(line: str) -> bool:
     return line.startswith("A.L.E:") or line.startswith("[Powered by Stella]")
-
-
-def load_script(name: str):
-    """scripts/<name>.py as a module, to call its main() in-process (no interpreter start-up)."""
-    spec = importlib.util.spec_from_file_location(f"script_{name}", ROOT / "scripts" / f"{name}.py")
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
 
 
 def test_background_command_passes_options_as_the_script_reads_them(tmp_path):

@@ -1,8 +1,6 @@
-import importlib.util
-
 import numpy as np
 import pytest
-from conftest import ROOT, run_script
+from conftest import load_script, run_script
 
 from agent.checkpoint import checkpoint_state, save_checkpoint
 from agent.config import Config, EnvConfig
@@ -135,9 +133,3 @@ def test_bad_options_are_one_line_and_exit_code_2(args, fresh_checkpoint, capsys
     assert len(err.strip().splitlines()) == 1 and err.startswith("error: ")
 
 
-def load_script(name: str):
-    """scripts/<name>.py as a module, to call its main() in-process (no interpreter start-up)."""
-    spec = importlib.util.spec_from_file_location(f"script_{name}", ROOT / "scripts" / f"{name}.py")
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
