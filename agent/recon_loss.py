@@ -1,10 +1,11 @@
 """The decoder's loss and the reconstruction metrics the learner logs.
 
-The learner calls three functions, in this order:
+The learner calls four functions, in this order:
 - `object_masks(frames, cfg)` at rollout time, on the CPU, for the newest frame of each observation;
   returns a bool mask (N, h, w) of small-object regions (detected boxes grown by `cfg.mask_grow`), or
   None when the loss reads none (`recon.loss: plain`);
-- `recon_loss(pred, target, masks, cfg)` in every update;
+- `decode_selection(masks, n, cfg)` in every update, for the frames of the minibatch the decoder reads;
+- `recon_loss(pred, target, masks, cfg)` on them;
 - `recon_stats(pred, target, masks)` when it logs, returning `recon/...` scalars.
 
 Why weights. A knife is 6-10 of the 9,216 pixels of a 64x144 frame and is on screen in about one frame
@@ -53,6 +54,19 @@ def object_masks(frames: np.ndarray, cfg: ReconConfig) -> np.ndarray | None:
         return None
     frames = np.asarray(frames)
     return boxes_to_masks(detect_boxes(frames, cfg), frames.shape, cfg.mask_grow)
+
+
+def decode_selection(masks: torch.Tensor | None, n: int, cfg: ReconConfig) -> torch.Tensor | slice:
+    """Which of a minibatch's `n` frames the decoder's loss reads: ceil(cfg.decode_share * n) of them,
+    those whose mask (bool (n, h, w)) holds an object first, the rest in the minibatch's order; all
+    frames (a slice, no copy) at decode_share 1; the first ones when there are no masks."""
+    k = max(1, math.ceil(cfg.decode_share * n))
+    if k >= n:
+        return slice(None)
+    if masks is None:
+        return slice(0, k)
+    has_object = masks.flatten(1).any(dim=1)
+    return torch.argsort(has_object.to(torch.uint8), descending=True, stable=True)[:k]
 
 
 def weight_map(masks: torch.Tensor | None, shape: tuple[int, ...], cfg: ReconConfig,

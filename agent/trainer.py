@@ -15,6 +15,7 @@ import torch
 from tqdm import tqdm
 
 from agent import recon_loss as recon
+from agent.augment import augment
 from agent.background import BackgroundJobs
 from agent.capacity import capacity_report, format_capacity
 from agent.checkpoint import (
@@ -24,7 +25,7 @@ from agent.checkpoint import (
     prune_checkpoints,
     save_checkpoint,
 )
-from agent.config import Config, save_config
+from agent.config import Config, ReconConfig, save_config
 from agent.device import memory_format, resolve_device
 from agent.env import GameEnv
 from agent.logger import RunLogger
@@ -254,8 +255,7 @@ def _update(agent: Agent, optimizer: torch.optim.Optimizer, config: Config, obs,
             pg_loss, approx_kl, clip_fraction = policy_loss(new_logprob, b_logprobs[idx], mb_adv, clip)
             v_loss = value_loss(new_value, b_values[idx], b_returns[idx], clip if cfg.clip_vloss else None)
             mb_masks = b_masks[idx] if b_masks is not None else None
-            pred, target = agent.decoder(code), recon_target(mb_obs)
-            r_loss = recon.recon_loss(pred, target, mb_masks, config.recon)
+            r_loss, pred, target, mb_masks = decoder_loss(agent, code, mb_obs, mb_masks, config.recon)
             loss = pg_loss - cfg.ent_coef * entropy + cfg.vf_coef * v_loss + config.recon.coef * r_loss
             if not torch.isfinite(loss):
                 raise NonFiniteLossError(
@@ -279,6 +279,24 @@ def _update(agent: Agent, optimizer: torch.optim.Optimizer, config: Config, obs,
         float(1 - (b_returns - b_values).var() / var_returns) if var_returns > 0 else math.nan
     )
     return stats
+
+
+def decoder_loss(agent: Agent, code: torch.Tensor, obs: torch.Tensor, masks: torch.Tensor | None,
+                 cfg: ReconConfig) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor | None]:
+    """The decoder's loss on the frames of a minibatch that `recon.decode_share` selects, given the
+    minibatch's observations and their code; returns (loss, reconstructions, targets, masks) of those
+    frames. With noise or shifts configured, the selected frames are perturbed and encoded once more for
+    this loss (the policy and value read the clean code), and the target is the clean, shifted frame."""
+    sel = recon.decode_selection(masks, len(obs), cfg)
+    obs = obs[sel]
+    masks = masks[sel] if masks is not None else None
+    if cfg.augments:
+        inputs, obs, masks = augment(obs, masks, cfg)
+        code = agent.encode(inputs)
+    else:
+        code = code[sel]
+    pred, target = agent.decoder(code), recon_target(obs)
+    return recon.recon_loss(pred, target, masks, cfg), pred, target, masks
 
 
 def _save(run_dir: Path, agent: Agent, optimizer, config: Config, env: GameEnv, update: int, frames: int,

@@ -5,10 +5,11 @@
 #
 # Settings (environment variables): CONFIG (configs/full.yaml), TRAIN_SECONDS (420), BENCH_SECONDS (20),
 # EVAL_EPISODES (16), PYTHON (python3, or .venv/bin/python where it exists), SET (extra --set overrides,
-# space-separated). On a machine without gymnasium and ale-py, put their wheels in .whl/ first
+# space-separated), RECON_STEPS (0: none; else scripts/recon_report.py runs last with this many steps
+# per loss, on the GPU, with RECON_ARGS as further options). On a machine without gymnasium and ale-py, put their wheels in .whl/ first
 # (see the README): they are installed into /tmp/site.
 # Leaves OUT_DIR/benchmark.json, OUT_DIR/run/ (metrics.csv, checkpoints, TensorBoard), OUT_DIR/eval.json,
-# OUT_DIR/curve.png and OUT_DIR/log.txt.
+# OUT_DIR/curve.png and OUT_DIR/log.txt (and OUT_DIR/recon/ with RECON_STEPS).
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
@@ -17,6 +18,7 @@ CONFIG=${CONFIG:-configs/full.yaml}
 TRAIN_SECONDS=${TRAIN_SECONDS:-420}
 BENCH_SECONDS=${BENCH_SECONDS:-20}
 EVAL_EPISODES=${EVAL_EPISODES:-16}
+RECON_STEPS=${RECON_STEPS:-0}
 if [ -z "${PYTHON:-}" ]; then
     if [ -x .venv/bin/python ]; then PYTHON=.venv/bin/python; else PYTHON=python3; fi
 fi
@@ -39,4 +41,9 @@ echo "== $(date -u +%FT%TZ) $CONFIG, $TRAIN_SECONDS s of training, out: $OUT"
 "$PYTHON" scripts/evaluate.py --checkpoint "$OUT/run/checkpoints/latest.pt" --episodes "$EVAL_EPISODES" \
     --json "$OUT/eval.json"
 "$PYTHON" scripts/plot_run.py "$OUT/run" --out "$OUT/curve.png"
+if [ "$RECON_STEPS" -gt 0 ]; then
+    # shellcheck disable=SC2086  # RECON_ARGS is a list of options
+    "$PYTHON" scripts/recon_report.py --out "$OUT/recon" --steps "$RECON_STEPS" --threads "$(nproc)" \
+        --no-progress ${RECON_ARGS:-}
+fi
 echo "== done: $OUT"

@@ -34,6 +34,7 @@ def test_overrides_reach_nested_keys_and_derived_values_follow():
         ({}, ["model.normalization=whiten"], "model.normalization: must be one of"),
         ({}, ["model.code_layout=rows"], "model.code_layout: must be one of"),
         ({}, ["model.column_units=0"], "model.column_units: must be at least 1"),
+        ({}, ["recon.decode_share=0"], r"recon.decode_share: must be in \(0, 1\]"),
         ({"env": 3}, [], "env: expected a mapping"),
     ],
 )

@@ -5,7 +5,7 @@ import pytest
 import torch
 
 from agent.config import ReconConfig
-from agent.recon_loss import object_masks, recon_loss, recon_stats, weight_map
+from agent.recon_loss import decode_selection, object_masks, recon_loss, recon_stats, weight_map
 
 H, W = 64, 144
 
@@ -110,3 +110,16 @@ def test_recon_stats_without_objects_reports_nan():
     stats = recon_stats(target, target, None)
     assert stats["mse"] == 0.0
     assert math.isnan(stats["small_object_mse"]) and math.isnan(stats["small_object_recall"])
+
+
+def test_decode_selection_takes_object_frames_first():
+    masks = torch.zeros(8, 4, 6, dtype=torch.bool)
+    masks[[2, 5], 1, 1] = True
+    half = ReconConfig(decode_share=0.5)
+    sel = decode_selection(masks, 8, half)
+    assert len(sel) == 4 and sel[:2].tolist() == [2, 5]
+    assert sel[2:].tolist() == [0, 1]  # then the object-free frames, in the minibatch's order
+    assert decode_selection(masks, 8, ReconConfig(decode_share=1.0)) == slice(None)
+    assert decode_selection(None, 8, half) == slice(0, 4)
+    assert len(decode_selection(masks, 8, ReconConfig(decode_share=0.01))) == 1  # never none
+    assert decode_selection(masks, 8, ReconConfig(decode_share=0.2)).tolist() == [2, 5]  # ceil(1.6)

@@ -1,6 +1,8 @@
 import json
 
-from conftest import run_script
+import numpy as np
+import pytest
+from conftest import load_script, run_script
 
 
 def test_recon_report_smoke(tmp_path):
@@ -24,7 +26,7 @@ def test_recon_report_smoke(tmp_path):
 
 def test_recon_report_rejects_bad_input_with_one_line(tmp_path):
     for args in (["--steps", "0"], ["--variants", "plain,nonsense"], ["--set", "recon.nope=1"],
-                 ["--set", "ppo.lr=1"]):
+                 ["--set", "ppo.lr=1"], ["--device", "tpu"], ["--batch-object-share", "1.5"]):
         result = run_script("recon_report.py", "--out", str(tmp_path / "x"), *args, timeout=60)
         assert result.returncode == 2, args
         assert len(result.stderr.strip().splitlines()) == 1, result.stderr
@@ -33,3 +35,32 @@ def test_recon_report_rejects_bad_input_with_one_line(tmp_path):
 def test_recon_report_help():
     result = run_script("recon_report.py", "--help", timeout=60)
     assert result.returncode == 0 and "--out" in result.stdout
+
+
+def _dataset(n_frames: int, object_frames: list[int]):
+    report = load_script("recon_report")
+    boxes = np.array([[i, 2, 3, 5, 2] for i in object_frames], dtype=np.int64).reshape(-1, 5)
+    return report, report.Dataset(np.zeros((n_frames, 4, 8, 8), np.uint8), np.arange(n_frames),
+                                  np.zeros((n_frames, 8, 8), bool), boxes)
+
+
+def test_batch_sampler_draws_object_frames_at_the_asked_share():
+    report, data = _dataset(40, [3, 17, 30])  # 3 of 40 frames hold an object
+    for share, want in ((1.0, 1.0), (0.0, 0.0), (0.8, 0.8)):
+        draw = report.batch_sampler(data, share, 64, seed=5)
+        picks = np.concatenate([draw() for _ in range(200)])
+        assert np.isin(picks, [3, 17, 30]).mean() == pytest.approx(want, abs=0.02), share
+        assert picks.min() >= 0 and picks.max() < 40
+    draw = report.batch_sampler(data, None, 64, seed=5)
+    uniform = np.concatenate([draw() for _ in range(200)])
+    assert np.isin(uniform, [3, 17, 30]).mean() == pytest.approx(3 / 40, abs=0.02)  # as collected
+    # Seeded: the same seed gives every variant the same batches.
+    a, b = report.batch_sampler(data, 0.8, 16, seed=9), report.batch_sampler(data, 0.8, 16, seed=9)
+    assert all(np.array_equal(a(), b()) for _ in range(5))
+
+
+def test_batch_sampler_falls_back_to_uniform_without_one_kind_of_frame():
+    report, data = _dataset(10, [])
+    draw = report.batch_sampler(data, 0.95, 32, seed=0)
+    picks = np.concatenate([draw() for _ in range(20)])
+    assert set(picks.tolist()) == set(range(10))

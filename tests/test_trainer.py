@@ -74,3 +74,25 @@ def test_periodic_evaluation_and_video_run_in_the_background(tmp_path, smoke_con
     events = EventAccumulator(str(run / "tb"))
     events.Reload()
     assert [e.step for e in events.Scalars("eval/mean_score")] == [256]
+
+
+def test_decoder_loss_reads_the_selected_frames_and_perturbs_only_its_own_input():
+    from agent.config import ModelConfig, ReconConfig
+    from agent.models import Agent, recon_target
+    from agent.trainer import decoder_loss
+
+    torch.manual_seed(0)
+    agent = Agent((4, 16, 24), 14, ModelConfig(channels=[8, 8], kernels=[4, 3], strides=[2, 1]))
+    obs = torch.randint(60, 110, (6, 4, 16, 24), dtype=torch.uint8)
+    masks = torch.zeros(6, 16, 24, dtype=torch.bool)
+    masks[4, 3:5, 6:11] = True
+    code = agent.encode(obs)
+    loss, pred, target, sel_masks = decoder_loss(agent, code, obs, masks, ReconConfig(decode_share=0.5))
+    assert torch.equal(target, recon_target(obs[[4, 0, 1]]))  # the object frame first
+    assert torch.equal(pred, agent.decoder(code[[4, 0, 1]])) and torch.equal(sel_masks, masks[[4, 0, 1]])
+    assert loss.item() == pytest.approx(recon_loss.recon_loss(pred, target, sel_masks, ReconConfig()).item())
+    # Noise reaches the encoder's input for this loss only; the target stays the clean frame.
+    noisy = ReconConfig(aug_noise_std=40.0, decode_share=1.0)
+    _, pred_noisy, target_noisy, _ = decoder_loss(agent, code, obs, masks, noisy)
+    assert torch.equal(target_noisy, recon_target(obs))
+    assert not torch.allclose(pred_noisy, agent.decoder(code))
