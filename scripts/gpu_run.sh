@@ -6,8 +6,8 @@
 # Settings (environment variables): CONFIG (configs/full.yaml), TRAIN_SECONDS (420), BENCH_SECONDS (20),
 # EVAL_EPISODES (16), PYTHON (python3, or .venv/bin/python where it exists), SET (extra --set overrides,
 # space-separated), RECON_STEPS (0: none; else scripts/recon_report.py runs last with this many steps
-# per loss, on the GPU, with RECON_ARGS as further options). On a machine without gymnasium and ale-py, put their wheels in .whl/ first
-# (see the README): they are installed into /tmp/site.
+# per loss, on the GPU, with RECON_ARGS as further options). On a machine without gymnasium and ale-py,
+# put their wheels in .whl/ first (see the README): they are installed into /tmp/site.
 # Leaves OUT_DIR/benchmark.json, OUT_DIR/run/ (metrics.csv, checkpoints, TensorBoard), OUT_DIR/eval.json,
 # OUT_DIR/curve.png and OUT_DIR/log.txt (and OUT_DIR/recon/ with RECON_STEPS).
 set -euo pipefail
