@@ -16,7 +16,7 @@ from typing import Any
 import torch
 
 from agent.config import Config, ConfigError, config_from_dict
-from agent.device import memory_format
+from agent.device import place
 from agent.models import Agent
 
 VERSION = 1
@@ -79,8 +79,7 @@ def build_agent(state: dict[str, Any], config: Config, device: str | torch.devic
     except (RuntimeError, TypeError, AttributeError) as exc:
         first = str(exc).strip().splitlines()[0]
         raise CheckpointError(f"checkpoint weights do not fit the architecture of its config: {first}") from None
-    device = torch.device(device)
-    return agent.to(device, memory_format=memory_format(device)).eval()
+    return place(agent, torch.device(device)).eval()
 
 
 def load_agent(path: str | Path, device: str | torch.device = "cpu") -> tuple[Agent, Config]:

@@ -26,7 +26,7 @@ from agent.checkpoint import (
     save_checkpoint,
 )
 from agent.config import Config, ReconConfig, save_config
-from agent.device import memory_format, resolve_device
+from agent.device import place, resolve_device
 from agent.env import GameEnv
 from agent.logger import RunLogger
 from agent.models import Agent, recon_target
@@ -98,7 +98,7 @@ def train(config: Config, run_dir: str | Path, resume: bool = False, max_updates
     seed_everything(cfg_train.seed, cfg_train.deterministic)
 
     env = GameEnv(cfg_env, cfg_train.seed, pin_memory=device.type == "cuda")
-    agent = Agent(cfg_env.obs_shape, env.num_actions, config.model).to(device, memory_format=memory_format(device))
+    agent = place(Agent(cfg_env.obs_shape, env.num_actions, config.model), device)
     optimizer = torch.optim.Adam(agent.parameters(), lr=cfg_ppo.lr, eps=1e-5)
     start_update, frames, recent, games = 0, 0, [], 0
     if resumed is None:

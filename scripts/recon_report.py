@@ -52,7 +52,7 @@ from agent.augment import augment
 from agent.cli import OneLineParser, positive
 from agent.config import ConfigError, EnvConfig, ModelConfig, ReconConfig, config_from_dict
 from agent.detection import boxes_to_masks, detect_boxes
-from agent.device import memory_format, resolve_device
+from agent.device import place, resolve_device
 from agent.models import Decoder, Encoder, make_normalizer, recon_target
 from agent.recon_loss import match_objects, recon_loss, to_uint8, weight_map
 
@@ -240,7 +240,7 @@ class AutoEncoder(torch.nn.Module):
         self.encoder = Encoder(train_obs.shape[1:], model_cfg)
         self.decoder = Decoder(self.encoder, model_cfg)
         self.device = torch.device(device)
-        self.to(self.device, memory_format=memory_format(self.device))
+        place(self, self.device)
 
     def forward(self, obs: torch.Tensor) -> torch.Tensor:
         return self.decoder(self.encoder(self.normalizer(obs)))

@@ -106,3 +106,14 @@ def test_a_column_code_without_whole_frame_units_is_refused():
     # Native frames leave 16 trunk columns: 16 x 4 units fill all 64.
     with pytest.raises(ValueError, match="lower model.column_units"):
         Agent((4, 210, 160), 14, ModelConfig(code_layout="columns"))
+
+
+def test_place_keeps_conv_weights_channels_last_on_the_cpu():
+    from agent.device import place
+
+    agent = Agent((4, 64, 144), 14, ModelConfig())
+    assert place(agent, torch.device("cpu")) is agent
+    conv = agent.encoder.trunk[0].weight
+    assert conv.is_contiguous(memory_format=torch.channels_last) and not conv.is_contiguous()
+    x = torch.randint(0, 256, (2, 4, 64, 144), dtype=torch.uint8)
+    assert agent.reconstruct(x).shape == (2, 1, 64, 144)
