@@ -18,8 +18,7 @@ def capacity_report(model: nn.Module, samples: int, inputs_per_sample: int, outp
         model: any module; a "layer" is a module that holds parameters of its own.
         samples: training samples the model will see (for the agent: agent steps of the run).
         inputs_per_sample: numbers in one input (for the agent: stack x height x width pixels).
-        outputs_per_sample: numbers the losses constrain per sample (for the agent: action logits,
-            the value and the reconstructed frame's pixels).
+        outputs_per_sample: numbers the losses constrain per sample (for the agent: `agent_outputs`).
 
     Returns:
         A JSON-ready dict: `layers` (name, type, shapes, params, trainable), `modules` (trainable params
@@ -63,6 +62,13 @@ def capacity_report(model: nn.Module, samples: int, inputs_per_sample: int, outp
         "dof_per_param": dof / trainable if trainable else None,
         "samples_per_param": samples / trainable if trainable else None,
     }
+
+
+def agent_outputs(agent: nn.Module) -> int:
+    """Numbers the agent's losses constrain per sample: the action logits, the value, the reconstructed
+    frame's pixels and the locator's cells."""
+    frame = agent.obs_shape[1] * agent.obs_shape[2]
+    return agent.num_actions + 1 + frame + agent.locator.linear.out_features
 
 
 def format_capacity(report: dict) -> str:

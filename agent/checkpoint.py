@@ -21,6 +21,8 @@ from agent.models import Agent
 
 VERSION = 1
 NUM_ACTIONS_KEY = "num_actions"
+OPTIONAL_PREFIX = "locator."
+"""Weights a checkpoint may lack (see load_weights)."""
 
 
 class CheckpointError(ValueError):
@@ -75,11 +77,20 @@ def build_agent(state: dict[str, Any], config: Config, device: str | torch.devic
     except (KeyError, TypeError, ValueError) as exc:
         raise CheckpointError(f"checkpoint does not describe an agent ({type(exc).__name__}: {exc})") from None
     try:
-        agent.load_state_dict(state["model"])
+        load_weights(agent, state["model"])
     except (RuntimeError, TypeError, AttributeError) as exc:
         first = str(exc).strip().splitlines()[0]
         raise CheckpointError(f"checkpoint weights do not fit the architecture of its config: {first}") from None
     return place(agent, torch.device(device)).eval()
+
+
+def load_weights(agent: Agent, weights: dict[str, torch.Tensor]) -> None:
+    """Loads a checkpoint's weights into `agent`. Checkpoints written before the agent had a locator
+    (agent.models.Locator) lack its weights; the fresh locator stays, since acting never reads it."""
+    missing, unexpected = agent.load_state_dict(weights, strict=False)
+    missing = [key for key in missing if not key.startswith(OPTIONAL_PREFIX)]
+    if missing or unexpected:
+        raise RuntimeError(f"missing weights {missing[:3]}, unexpected weights {unexpected[:3]}")
 
 
 def load_agent(path: str | Path, device: str | torch.device = "cpu") -> tuple[Agent, Config]:

@@ -100,6 +100,9 @@ class ModelConfig:
     ColumnCode). Measured the same knife recall (0.81 against 0.82) with a third of the parameters."""
     column_units: int = 4
     """Code units per column of the trunk's map, for code_layout columns (14 columns at 64 x 144)."""
+    locator_cell: list[int] = field(default_factory=lambda: [8, 4])
+    """Rows and columns of one cell of the locator's grid (agent.models.Locator): 8 x 36 cells over a
+    64 x 144 frame, a knife's box (grown by recon.mask_grow) touching two to four of them."""
 
     def validate(self) -> None:
         _check(self.features_dim >= 1, "model.features_dim", "must be at least 1")
@@ -113,6 +116,8 @@ class ModelConfig:
         _check(self.norm_contrast > 0, "model.norm_contrast", "must be positive")
         _check(self.code_layout in CODE_LAYOUTS, "model.code_layout", f"must be one of {', '.join(CODE_LAYOUTS)}")
         _check(self.column_units >= 1, "model.column_units", "must be at least 1")
+        _check(len(self.locator_cell) == 2 and min(self.locator_cell) >= 1, "model.locator_cell",
+               "must be two positive integers: rows and columns of a cell")
 
 
 NORMALIZATIONS = ("scale", "channel_mean", "pixel_mean", "running", "row_contrast")
@@ -154,7 +159,7 @@ class PPOConfig:
     life_loss_done: bool = False
     """Cut bootstrapping at a lost life (learning only; the game goes on)."""
     detach_encoder: bool = False
-    """Stop actor and critic gradients at the code: the encoder learns from reconstruction alone."""
+    """Stop actor and critic gradients at the code: the encoder learns from the decoder and the locator alone."""
 
     @property
     def is_ppo(self) -> bool:
@@ -179,10 +184,11 @@ class ReconConfig:
     loss: str = "weighted"
     """Decoder loss: plain (MSE), weighted (per-pixel weights, higher on small objects) or balanced
     (object and background pixels each averaged, then added). See agent/recon_loss.py for both."""
-    object_weight: float = 300.0
+    object_weight: float = 100.0
     """weighted: weight of a pixel inside a (grown) small-object box; a background pixel weighs 1.
-    Measured (recon_report, 4,000 steps, channel_mean inputs): 30 leaves knives unrecalled (0.05), 100
-    recalls few (0.1-0.4), 1000 and more cost over 1.4x the plain mse; 300 recalls the most per unit of mse."""
+    With the locator on (locate_coef), measured by recon_report's training on its 48,000 frames (12,000
+    steps): 100 recalled 0.80 of the knives at 1.21x the plain mse, 200 0.79 at 1.25x, 300 0.81 at 1.35x.
+    Without the locator, 100 recalled few (0.1-0.4 at 4,000 steps) and 300 the most per unit of mse."""
     empty_frame_weight: float = 1.0
     """weighted and balanced: weight of every pixel of a frame without small objects. Below 1 it
     raised both the mse and the faint knife-like blobs drawn where there is none (0.5 measured)."""
@@ -206,6 +212,11 @@ class ReconConfig:
     1 (ratio 0.147 against 0.116) and learned as well over 240 updates (last 100 games 6,189 against
     5,681). With knives in about one frame in ten, a quarter of the minibatch holds several times their
     share."""
+    locate_coef: float = 0.05
+    """Weight of the locator's loss (agent.models.Locator: binary cross-entropy of its cells against the
+    object masks) in the total loss, beside recon.coef's decoder loss; 0 turns it off. Measured with
+    recon_report's training (object_weight 300): recall by chance 0.07-0.14 against 0.35 without, at the
+    same recall; 0.5 did no better than 0.05. See agent/recon_loss.py."""
     detect_min_contrast: int = 6
     """Detector: gray levels a pixel must differ from its row's background by (a knife: 11)."""
     detect_max_width: int = 20
@@ -221,8 +232,8 @@ class ReconConfig:
 
     @property
     def needs_masks(self) -> bool:
-        """Whether the loss reads object masks."""
-        return self.loss != "plain"
+        """Whether the losses read object masks (the decoder's, unless plain, and the locator's)."""
+        return self.loss != "plain" or self.locate_coef > 0
 
     @property
     def augments(self) -> bool:
@@ -239,6 +250,7 @@ class ReconConfig:
         _check(self.aug_noise_std >= 0, "recon.aug_noise_std", "must be non-negative")
         _check(self.aug_shift >= 0, "recon.aug_shift", "must be non-negative")
         _check(0 < self.decode_share <= 1, "recon.decode_share", "must be in (0, 1]")
+        _check(self.locate_coef >= 0, "recon.locate_coef", "must be non-negative")
         _check(1 <= self.detect_min_contrast <= 255, "recon.detect_min_contrast", "must be in [1, 255]")
         _check(self.detect_max_width >= 1, "recon.detect_max_width", "must be at least 1")
         _check(self.detect_max_height >= 1, "recon.detect_max_height", "must be at least 1")

@@ -17,8 +17,9 @@ from tqdm import tqdm
 from agent import recon_loss as recon
 from agent.augment import augment
 from agent.background import BackgroundJobs
-from agent.capacity import capacity_report, format_capacity
+from agent.capacity import agent_outputs, capacity_report, format_capacity
 from agent.checkpoint import (
+    CheckpointError,
     checkpoint_state,
     load_checkpoint,
     numbered_path,
@@ -104,8 +105,13 @@ def train(config: Config, run_dir: str | Path, resume: bool = False, max_updates
     if resumed is None:
         obs_np = env.reset()
     else:
-        agent.load_state_dict(resumed["model"])
-        optimizer.load_state_dict(resumed["optimizer"])
+        try:
+            agent.load_state_dict(resumed["model"])
+            optimizer.load_state_dict(resumed["optimizer"])
+        except (RuntimeError, ValueError) as exc:
+            first = str(exc).strip().splitlines()[0]
+            raise CheckpointError(f"{run_dir} was trained with another architecture of the agent (older runs lack "
+                                  f"the locator) and cannot be resumed: {first}") from None
         start_update = int(resumed["counters"]["update"])
         frames = int(resumed["counters"]["frames"])
         games = int(resumed["counters"]["games"])
@@ -120,8 +126,8 @@ def train(config: Config, run_dir: str | Path, resume: bool = False, max_updates
     num_steps, num_envs = cfg_ppo.num_steps, cfg_env.num_envs
     obs_shape = cfg_env.obs_shape
     if start_update == 0:
-        capacity = capacity_report(agent, config.num_updates * config.batch_size,
-                                   int(np.prod(obs_shape)), env.num_actions + 1 + obs_shape[1] * obs_shape[2])
+        capacity = capacity_report(agent, config.num_updates * config.batch_size, int(np.prod(obs_shape)),
+                                   agent_outputs(agent))
         print(format_capacity(capacity), flush=True)
 
     # Rollout storage lives on the device; observations stay uint8 until the model normalizes them.
@@ -189,6 +195,8 @@ def train(config: Config, run_dir: str | Path, resume: bool = False, max_updates
                 # Update.
                 tick = time.perf_counter()
                 agent.train()
+                if update == 1 and config.recon.locate_coef > 0:  # the locator's first guess: this rollout's shares
+                    agent.locator.fit_prior(torch.from_numpy(np.stack(masks_np)).reshape(-1, *obs_shape[1:]))
                 stats = _update(agent, optimizer, config, obs, actions, logprobs, values, advantages,
                                 returns, masks_np, device)
                 agent.normalizer.update(obs.reshape(-1, *obs_shape))
@@ -255,25 +263,30 @@ def _update(agent: Agent, optimizer: torch.optim.Optimizer, config: Config, obs,
             pg_loss, approx_kl, clip_fraction = policy_loss(new_logprob, b_logprobs[idx], mb_adv, clip)
             v_loss = value_loss(new_value, b_values[idx], b_returns[idx], clip if cfg.clip_vloss else None)
             mb_masks = b_masks[idx] if b_masks is not None else None
-            r_loss, pred, target, mb_masks = decoder_loss(agent, code, mb_obs, mb_masks, config.recon)
-            loss = pg_loss - cfg.ent_coef * entropy + cfg.vf_coef * v_loss + config.recon.coef * r_loss
+            l_loss = (recon.locate_loss(agent.locator, code, mb_masks) if config.recon.locate_coef > 0
+                      else torch.zeros((), device=device))
+            r_loss, pred, target, dec_masks = decoder_loss(agent, code, mb_obs, mb_masks, config.recon)
+            loss = (pg_loss - cfg.ent_coef * entropy + cfg.vf_coef * v_loss + config.recon.coef * r_loss
+                    + config.recon.locate_coef * l_loss)
             if not torch.isfinite(loss):
                 raise NonFiniteLossError(
                     f"non-finite loss (policy {pg_loss.item():.4g}, value {v_loss.item():.4g}, "
-                    f"recon {r_loss.item():.4g}); the last checkpoint is kept as it was"
+                    f"recon {r_loss.item():.4g}, locate {l_loss.item():.4g}); the last checkpoint is kept as it was"
                 )
             optimizer.zero_grad(set_to_none=True)
             loss.backward()
             torch.nn.utils.clip_grad_norm_(agent.parameters(), cfg.max_grad_norm)
             optimizer.step()
             for key, value in (("losses/policy", pg_loss), ("losses/value", v_loss),
-                               ("losses/entropy", entropy), ("losses/recon", r_loss),
+                               ("losses/entropy", entropy), ("losses/recon", r_loss), ("losses/locate", l_loss),
                                ("losses/approx_kl", approx_kl), ("losses/clip_fraction", clip_fraction)):
                 totals[key] = totals.get(key, 0.0) + value.item()
             count += 1
     stats = {key: value / count for key, value in totals.items()}
-    for key, value in recon.recon_stats(pred.detach(), target, mb_masks, config.recon).items():
+    for key, value in recon.recon_stats(pred.detach(), target, dec_masks, config.recon).items():
         stats[f"recon/{key}"] = value
+    if config.recon.locate_coef > 0:
+        stats["recon/located"] = recon.located_share(agent.locator, code.detach(), mb_masks)
     var_returns = b_returns.var()
     stats["diagnostics/explained_variance"] = (
         float(1 - (b_returns - b_values).var() / var_returns) if var_returns > 0 else math.nan

@@ -35,7 +35,7 @@ import torch
 import torch.nn.functional as F
 from tqdm import tqdm
 
-from agent.capacity import capacity_report, format_capacity
+from agent.capacity import agent_outputs, capacity_report, format_capacity
 from agent.cli import OneLineParser, positive
 from agent.config import Config, EnvConfig, ModelConfig
 from agent.diagnostics import (
@@ -701,12 +701,11 @@ def main(argv: list[str] | None = None) -> int:
     cfg = Config()
     fresh = agents["fresh agent"][0]
     samples = cfg.train.total_frames // cfg.env.frameskip
-    outputs = NUM_ACTIONS + 1 + math.prod(cfg.env.obs_shape[1:])
-    capacity = capacity_report(fresh, samples, math.prod(cfg.env.obs_shape), outputs)
+    capacity = capacity_report(fresh, samples, math.prod(cfg.env.obs_shape), agent_outputs(fresh))
     capacity["table"] = format_capacity(capacity)
     capacity["note"] = (f"samples = agent steps of the default config ({cfg.train.total_frames:,} frames / "
                         f"frameskip {cfg.env.frameskip}); outputs = {NUM_ACTIONS} logits + 1 value + the newest "
-                        "frame's pixels")
+                        "frame's pixels + the locator's cells")
     capacity["oracle_heads"] = {
         r["spec"]["head"]: {"params": r["params"], "training_labels": r["spec"]["train"] * r["spec"]["size"] ** 2,
                             "labels_per_param": r["spec"]["train"] * r["spec"]["size"] ** 2 / r["params"]}

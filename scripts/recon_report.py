@@ -8,13 +8,15 @@
    0.1, and recall grows with the knife frames the decoder has seen). Observations are split into train
    and validation by episode (every k-th game goes to validation), so no validation frame has a near twin
    in training.
-2. Trains one autoencoder per variant: the agent's own normalizer, Encoder (conv trunk -> tanh-64 code)
-   and Decoder (newest frame), built from the default model config (`--set model.*` changes it), same
-   initialization, same batches, same number of steps; only the loss (and, for the augmentation
-   variants, the perturbation of the input) differs. Two defaults of the agent matter here: the
-   `row_contrast` input normalization (a knife 11 gray levels darker becomes almost as loud as a
-   fighter) and the decoder's start at the wall's gray (from sigmoid(0) = 128, the first Adam steps drive
-   all 64 tanh units to +-1 and the decoder can only ever draw the mean frame).
+2. Trains one autoencoder per variant: the agent's own normalizer, Encoder (conv trunk -> tanh-64 code),
+   Decoder (newest frame) and Locator (which cells of the frame hold an object, read linearly from the
+   code), built from the default model config (`--set model.*` changes it), same initialization, same
+   batches, same number of steps; only the loss (and, for the augmentation variants, the perturbation of
+   the input) differs. plain is the decoder's MSE alone; weighted is the configured loss: the weighted
+   decoder loss plus the locator's (`recon.locate_coef`); unlocated drops the locator's. Two defaults of
+   the agent matter here: the `row_contrast` input normalization (a knife 11 gray levels darker becomes
+   almost as loud as a fighter) and the decoder's start at the wall's gray (from sigmoid(0) = 128, the
+   first Adam steps drive all 64 tanh units to +-1 and the decoder can only ever draw the mean frame).
    Batches are drawn uniformly from the training frames; `--batch-object-share` draws that share of each
    batch from the frames that hold an object instead (see the README for what 0.95 did). The defaults
    (48,000 observations, 12,000 steps of 32) finish in about 11 minutes on 2 CPU cores; recall still
@@ -53,13 +55,14 @@ from agent.cli import OneLineParser, positive
 from agent.config import ConfigError, EnvConfig, ModelConfig, ReconConfig, config_from_dict
 from agent.detection import boxes_to_masks, detect_boxes
 from agent.device import place, resolve_device
-from agent.models import Decoder, Encoder, make_normalizer, recon_target
-from agent.recon_loss import match_objects, recon_loss, to_uint8, weight_map
+from agent.models import Decoder, Encoder, Locator, make_normalizer, recon_target
+from agent.recon_loss import locate_loss, match_objects, recon_loss, to_uint8, weight_map
 
 # name -> changes to the run's ReconConfig. "weighted" is the configured loss (recon.loss, default weighted).
 VARIANTS = {
-    "plain": {"loss": "plain"},
+    "plain": {"loss": "plain", "locate_coef": 0.0},
     "weighted": {},
+    "unlocated": {"locate_coef": 0.0},
     "pixel_weighted": {"loss": "weighted"},
     "balanced": {"loss": "balanced"},
     "weighted_noise": {"aug_noise_std": 8.0},
@@ -230,20 +233,25 @@ def split(data: Dataset, val_every: int) -> tuple[Dataset, Dataset]:
 
 
 class AutoEncoder(torch.nn.Module):
-    """The agent's normalizer, Encoder (tanh-64 code) and Decoder, without the actor and critic."""
+    """The agent's normalizer, Encoder (tanh-64 code), Decoder and Locator, without the actor and critic."""
 
-    def __init__(self, train_obs: np.ndarray, model_cfg: ModelConfig, seed: int, device: str = "cpu"):
+    def __init__(self, train: Dataset, model_cfg: ModelConfig, seed: int, device: str = "cpu"):
         super().__init__()
         torch.manual_seed(seed)
-        self.normalizer = make_normalizer(train_obs.shape[1:], model_cfg)
-        self.normalizer.update(torch.from_numpy(train_obs[:2048]))
-        self.encoder = Encoder(train_obs.shape[1:], model_cfg)
+        self.normalizer = make_normalizer(train.obs.shape[1:], model_cfg)
+        self.normalizer.update(torch.from_numpy(train.obs[:2048]))
+        self.encoder = Encoder(train.obs.shape[1:], model_cfg)
         self.decoder = Decoder(self.encoder, model_cfg)
+        self.locator = Locator(model_cfg.features_dim, train.obs.shape[2:], model_cfg.locator_cell)
+        self.locator.fit_prior(torch.from_numpy(train.masks))
         self.device = torch.device(device)
         place(self, self.device)
 
     def forward(self, obs: torch.Tensor) -> torch.Tensor:
-        return self.decoder(self.encoder(self.normalizer(obs)))
+        return self.decoder(self.encode(obs))
+
+    def encode(self, obs: torch.Tensor) -> torch.Tensor:
+        return self.encoder(self.normalizer(obs))
 
 
 def batch_sampler(train: Dataset, object_share: float | None, batch_size: int,
@@ -267,7 +275,7 @@ def batch_sampler(train: Dataset, object_share: float | None, batch_size: int,
 
 def train_variant(train: Dataset, cfg: ReconConfig, model_cfg: ModelConfig, args: argparse.Namespace,
                   bar: tqdm) -> AutoEncoder:
-    model = AutoEncoder(train.obs, model_cfg, args.seed, args.device)
+    model = AutoEncoder(train, model_cfg, args.seed, args.device)
     optimizer = torch.optim.Adam(model.parameters(), lr=args.lr)
     # The same seeds give every variant the same batches.
     next_batch = batch_sampler(train, args.batch_object_share, args.batch_size, args.seed + 2)
@@ -277,7 +285,10 @@ def train_variant(train: Dataset, cfg: ReconConfig, model_cfg: ModelConfig, args
         obs = torch.from_numpy(train.obs[idx]).to(model.device)
         masks = torch.from_numpy(train.masks[idx]).to(model.device) if cfg.needs_masks else None
         inputs, clean, masks = augment(obs, masks, cfg, aug_gen)
-        loss = recon_loss(model(inputs), recon_target(clean), masks, cfg)
+        code = model.encode(inputs)
+        loss = recon_loss(model.decoder(code), recon_target(clean), masks, cfg)
+        if cfg.locate_coef > 0:
+            loss = loss + cfg.locate_coef * locate_loss(model.locator, code, masks)
         optimizer.zero_grad(set_to_none=True)
         loss.backward()
         optimizer.step()
@@ -455,7 +466,7 @@ def main(argv: list[str] | None = None) -> int:
             "train_frames_with_objects": int(len(np.unique(train.boxes[:, 0]))),
             "val_frames_with_objects": int(len(np.unique(val.boxes[:, 0]))),
         },
-        "model": {"network": "agent.models Encoder (tanh code) + Decoder, the agent's own",
+        "model": {"network": "agent.models Encoder (tanh code) + Decoder + Locator, the agent's own",
                   **dataclasses.asdict(model_cfg)},
         "settings": {k: v for k, v in vars(args).items() if k not in ("out", "no_progress")},
         "seconds": round(time.time() - started, 1),

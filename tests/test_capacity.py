@@ -2,7 +2,7 @@ import pytest
 import torch
 from torch import nn
 
-from agent.capacity import capacity_report, format_capacity
+from agent.capacity import agent_outputs, capacity_report, format_capacity
 from agent.config import ModelConfig
 from agent.models import Agent
 
@@ -37,9 +37,11 @@ def test_agent_report_covers_every_parameter():
     agent = Agent((4, 64, 144), 14, ModelConfig())
     report = capacity_report(agent, 1000, 4 * 64 * 144, 14 + 1 + 64 * 144)
     assert report["total_params"] == sum(p.numel() for p in agent.parameters())
-    assert set(report["modules"]) == {"encoder", "actor", "critic", "decoder"}
+    assert set(report["modules"]) == {"encoder", "actor", "critic", "decoder", "locator"}
     assert sum(report["modules"].values()) == report["trainable_params"]
     assert report["buffer_elements"] == sum(b.numel() for b in agent.buffers())  # the normalizer's statistics
+    # 14 logits, 1 value, the 64 x 144 frame and the locator's 8 x 36 cells.
+    assert agent_outputs(agent) == 14 + 1 + 64 * 144 + 8 * 36
 
 
 def test_format_lists_every_layer_and_the_ratio():

@@ -65,6 +65,20 @@ def test_damaged_foreign_and_mismatched_checkpoints_give_one_line_errors(tmp_pat
         load_checkpoint(tmp_path / "future.pt")
 
 
+def test_checkpoints_from_before_the_locator_load_for_acting(tmp_path):
+    agent, config = fresh()
+    old = checkpoint_state(agent, config)
+    old["model"] = {k: v for k, v in old["model"].items() if not k.startswith("locator.")}
+    save_checkpoint(old, tmp_path / "old.pt")
+    loaded, _ = load_agent(tmp_path / "old.pt")
+    assert torch.equal(loaded.actor[0].weight, agent.actor[0].weight)
+    # Only the locator may be missing.
+    old["model"] = {k: v for k, v in old["model"].items() if not k.startswith("critic.")}
+    save_checkpoint(old, tmp_path / "older.pt")
+    with pytest.raises(CheckpointError, match="do not fit.*critic"):
+        load_agent(tmp_path / "older.pt")
+
+
 def test_prune_keeps_the_newest_numbered_checkpoints(tmp_path):
     (tmp_path / "checkpoints").mkdir()
     for update in (1, 5, 12, 40):

@@ -4,7 +4,17 @@ import pytest
 import torch
 
 from agent.config import ModelConfig
-from agent.models import DECODER_START_GRAY, GAINS, Agent, ColumnCode, ColumnDecode, recon_target
+from agent.models import (
+    DECODER_START_GRAY,
+    GAINS,
+    LOCATOR_PRIOR_FLOOR,
+    Agent,
+    ColumnCode,
+    ColumnDecode,
+    Locator,
+    recon_target,
+)
+from agent.recon_loss import locate_loss
 
 
 @pytest.mark.parametrize(("shape", "layout"), [((4, 64, 144), "dense"), ((4, 84, 84), "dense"),
@@ -117,3 +127,64 @@ def test_place_keeps_conv_weights_channels_last_on_the_cpu():
     assert conv.is_contiguous(memory_format=torch.channels_last) and not conv.is_contiguous()
     x = torch.randint(0, 256, (2, 4, 64, 144), dtype=torch.uint8)
     assert agent.reconstruct(x).shape == (2, 1, 64, 144)
+
+
+def test_locator_targets_mark_the_cells_a_mask_touches():
+    locator = Locator(64, (64, 144), (8, 4))
+    assert locator.grid == (8, 36) and locator.linear.out_features == 8 * 36
+    masks = torch.zeros(2, 64, 144, dtype=torch.bool)
+    masks[0, 29:33, 19:26] = True  # rows 29-32: cell rows 3 and 4; columns 19-25: cell columns 4-6
+    cells = locator.targets(masks).view(2, 8, 36)
+    assert cells[0].nonzero().tolist() == [[3, 4], [3, 5], [3, 6], [4, 4], [4, 5], [4, 6]]
+    assert not cells[1].any()
+    # Cells that do not divide the frame: the last row and column of cells are partial, not dropped.
+    partial = Locator(64, (10, 10), (4, 4))
+    assert partial.grid == (3, 3)
+    corner = torch.zeros(1, 10, 10, dtype=torch.bool)
+    corner[0, 9, 9] = True
+    assert partial.targets(corner).view(3, 3).nonzero().tolist() == [[2, 2]]
+
+
+def test_a_fresh_locator_guesses_each_cells_share_and_leaves_the_code_alone():
+    locator = Locator(64, (64, 144), (8, 4))
+    floor = math.log(LOCATOR_PRIOR_FLOOR / (1 - LOCATOR_PRIOR_FLOOR))
+    code = torch.rand(4, 64, requires_grad=True)
+    assert torch.allclose(locator(code), torch.full((4, 288), floor))
+    masks = torch.zeros(4, 64, 144, dtype=torch.bool)
+    masks[0, 30:32, 20:24] = True  # cell (3, 5), in one frame of four
+    locator.fit_prior(masks, chunk=3)
+    prior = locator(code).detach().view(4, 8, 36)
+    assert prior[:, 3, 5].tolist() == pytest.approx([math.log(0.25 / 0.75)] * 4, rel=1e-5)
+    assert torch.allclose(prior[:, 0, 0], torch.full((4,), floor))  # never seen: the floor
+    loss = locate_loss(locator, code, masks)
+    # Known answer: the frame with the knife scores -log(0.25) at its cell, the three others -log(0.75).
+    softplus = torch.nn.functional.softplus
+    expected = (-math.log(0.25) - 3 * math.log(0.75) + 4 * 287 * softplus(torch.tensor(floor)).item()) / (4 * 288)
+    assert loss.item() == pytest.approx(expected, rel=1e-4)
+    loss.backward()
+    assert code.grad.abs().max() == 0  # zero weights: no first push on the tanh code
+    assert locator.linear.weight.grad.abs().max() > 0  # but the head itself learns
+
+
+def test_the_locator_teaches_the_code_where_a_planted_object_is():
+    torch.manual_seed(0)
+    agent = Agent((4, 16, 48), 3, ModelConfig(channels=[8, 8], kernels=[4, 3], strides=[2, 1], locator_cell=[8, 4]))
+    params = list(agent.encoder.parameters()) + list(agent.locator.parameters())
+    optimizer = torch.optim.Adam(params, lr=3e-3)
+
+    # One frame per place a 4 px knife fits, 11 gray levels darker than the wall.
+    obs = torch.full((44, 4, 16, 48), 85, dtype=torch.uint8)
+    masks = torch.zeros(44, 16, 48, dtype=torch.bool)
+    for x in range(44):
+        obs[x, :, 9:11, x:x + 4] = 74
+        masks[x, 9:11, x:x + 4] = True
+    gen = torch.Generator().manual_seed(1)
+    for _ in range(150):
+        idx = torch.randint(0, 44, (32,), generator=gen)
+        loss = locate_loss(agent.locator, agent.encode(obs[idx]), masks[idx])
+        optimizer.zero_grad()
+        loss.backward()
+        optimizer.step()
+    with torch.no_grad():
+        guess = agent.locator(agent.encode(obs)).argmax(1)
+    assert agent.locator.targets(masks).gather(1, guess[:, None]).mean() > 0.9  # the best guess is a knife cell

@@ -5,7 +5,8 @@ import pytest
 import torch
 
 from agent.config import ReconConfig
-from agent.recon_loss import decode_selection, object_masks, recon_loss, recon_stats, weight_map
+from agent.models import Locator
+from agent.recon_loss import decode_selection, located_share, object_masks, recon_loss, recon_stats, weight_map
 
 H, W = 64, 144
 
@@ -27,7 +28,8 @@ def test_object_masks_cover_the_grown_knife_box():
     assert masks.dtype == bool and masks.shape == frames.shape
     assert masks[0, 29:33, 19:26].all() and masks[0].sum() == 4 * 7
     assert not masks[1].any() and not masks[3].any()
-    assert object_masks(frames, ReconConfig(loss="plain")) is None
+    assert object_masks(frames, ReconConfig(loss="plain", locate_coef=0.0)) is None
+    assert object_masks(frames, ReconConfig(loss="plain")) is not None  # the locator reads them
 
 
 def test_weight_map_invariants():
@@ -123,3 +125,17 @@ def test_decode_selection_takes_object_frames_first():
     assert decode_selection(None, 8, half) == slice(0, 4)
     assert len(decode_selection(masks, 8, ReconConfig(decode_share=0.01))) == 1  # never none
     assert decode_selection(masks, 8, ReconConfig(decode_share=0.2)).tolist() == [2, 5]  # ceil(1.6)
+
+
+def test_located_share_counts_the_object_cells_the_locator_marks():
+    locator = Locator(8, (H, W), (8, 4))
+    code = torch.zeros(2, 8)
+    masks = torch.from_numpy(object_masks(frames_with_knife(2, (0,)), ReconConfig()))
+    touched = locator.targets(masks)[0].nonzero().flatten()  # the grown knife box: 6 cells
+    assert len(touched) == 6
+    assert located_share(locator, code, masks) == 0.0  # a fresh locator marks nothing
+    with torch.no_grad():
+        locator.linear.bias[touched[:3]] = 2.0  # half of the knife's cells, plus one cell elsewhere
+        locator.linear.bias[0] = 2.0
+    assert located_share(locator, code, masks) == 0.5
+    assert math.isnan(located_share(locator, code, torch.zeros_like(masks)))

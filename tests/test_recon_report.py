@@ -18,6 +18,9 @@ def test_recon_report_smoke(tmp_path):
         assert {"mse", "small_object_mse", "small_object_recall"} <= set(variant)
         assert variant["mse"] > 0
     assert report["variants"]["weighted"]["recon"]["loss"] != "plain"
+    # plain is the decoder's MSE alone; weighted adds the locator's loss.
+    assert report["variants"]["plain"]["recon"]["locate_coef"] == 0
+    assert report["variants"]["weighted"]["recon"]["locate_coef"] > 0
     assert report["model"]["normalization"] == "channel_mean" and report["model"]["features_dim"] == 64
     assert report["data"]["train_episodes"] >= 1 and report["data"]["val_episodes"] >= 1
     png = (out / "comparison.png").read_bytes()

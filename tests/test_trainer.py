@@ -1,11 +1,15 @@
 import csv
+import math
 
 import pytest
 import torch
 
 from agent import recon_loss
-from agent.checkpoint import load_checkpoint
+from agent.checkpoint import CheckpointError, load_checkpoint, save_checkpoint
+from agent.models import LOCATOR_PRIOR_FLOOR
 from agent.trainer import NonFiniteLossError, train
+
+FLOOR_LOGIT = math.log(LOCATOR_PRIOR_FLOOR / (1 - LOCATOR_PRIOR_FLOOR))
 
 
 def latest(run_dir):
@@ -27,21 +31,26 @@ def test_resumed_training_equals_uninterrupted_training(tmp_path, smoke_config):
     for a, b in zip(whole["optimizer"]["state"].values(), split["optimizer"]["state"].values(), strict=True):
         assert torch.equal(a["exp_avg"], b["exp_avg"])
     with open(tmp_path / "split" / "metrics.csv") as f:
-        assert [row["update"] for row in csv.DictReader(f)] == ["1", "2", "3", "4"]
+        rows = list(csv.DictReader(f))
+    assert [row["update"] for row in rows] == ["1", "2", "3", "4"]
+    assert all(float(row["losses/locate"]) > 0 for row in rows)
 
 
 def test_a2c_and_detached_encoder_train(tmp_path, smoke_config):
-    config = smoke_config("ppo.algo=a2c", "ppo.detach_encoder=true", "recon.coef=0")
+    config = smoke_config("ppo.algo=a2c", "ppo.detach_encoder=true", "recon.coef=0", "recon.locate_coef=0")
     before = None
     summary = train(config, tmp_path / "a2c", progress=False)
     assert summary["update"] == 2
     state = latest(tmp_path / "a2c")
-    # With the encoder detached and no reconstruction loss, nothing trains the encoder.
+    # With the encoder detached and neither the decoder's nor the locator's loss, nothing trains the encoder.
     from agent.models import Agent
 
     torch.manual_seed(config.train.seed)
     before = Agent(config.env.obs_shape, 14, config.model).state_dict()
     assert torch.equal(before["encoder.code.1.weight"], state["model"]["encoder.code.1.weight"])
+    assert (state["model"]["locator.linear.bias"] == FLOOR_LOGIT).all()  # not even fitted to the first rollout
+    with open(tmp_path / "a2c" / "metrics.csv") as f:
+        assert all(float(row["losses/locate"]) == 0 for row in csv.DictReader(f))
     # The actor does train. (Its bias, at least: the first frames of a game show an empty play band,
     # which row_contrast turns into an all-zero input, so the hidden layer's activations are zero there.)
     assert not torch.equal(before["actor.2.bias"], state["model"]["actor.2.bias"])
@@ -56,6 +65,18 @@ def test_non_finite_loss_stops_and_keeps_the_last_checkpoint(tmp_path, smoke_con
     with pytest.raises(NonFiniteLossError, match="non-finite loss"):
         train(config, run, resume=True, progress=False)
     assert (run / "checkpoints" / "latest.pt").read_bytes() == good
+
+
+def test_a_run_from_before_the_locator_is_refused_in_one_line(tmp_path, smoke_config):
+    config = smoke_config("train.total_frames=384")
+    run = tmp_path / "old"
+    train(config, run, max_updates=1, progress=False)
+    state = latest(run)
+    state["model"] = {k: v for k, v in state["model"].items() if not k.startswith("locator.")}
+    save_checkpoint(state, run / "checkpoints" / "latest.pt")
+    with pytest.raises(CheckpointError, match="cannot be resumed") as info:
+        train(config, run, resume=True, progress=False)
+    assert "\n" not in str(info.value)
 
 
 def test_periodic_evaluation_and_video_run_in_the_background(tmp_path, smoke_config):
