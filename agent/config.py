@@ -188,7 +188,7 @@ class ReconConfig:
     """weighted: weight of a pixel inside a (grown) small-object box; a background pixel weighs 1.
     With the locator on (locate_coef), measured by recon_report's training on its 48,000 frames (12,000
     steps): 100 recalled 0.80-0.82 of the knives at 1.20-1.21x the plain mse (the report itself: 0.765 at
-    1.20x), 200 0.79 at 1.25x, 300 0.81-0.84 at 1.35-1.36x.
+    1.20x), 200 0.79 at 1.25x, 300 0.81-0.84 at 1.35-1.36x (the report: 0.829 at 1.34x).
     Without the locator, 100 recalled few (0.1-0.4 at 4,000 steps) and 300 the most per unit of mse."""
     empty_frame_weight: float = 1.0
     """weighted and balanced: weight of every pixel of a frame without small objects. Below 1 it
