@@ -234,7 +234,12 @@ class ReconConfig:
     @property
     def needs_masks(self) -> bool:
         """Whether the losses read object masks (the decoder's, unless plain, and the locator's)."""
-        return self.loss != "plain" or self.locate_coef > 0
+        return self.loss != "plain" or self.locates
+
+    @property
+    def locates(self) -> bool:
+        """Whether the locator's loss is on."""
+        return self.locate_coef > 0
 
     @property
     def augments(self) -> bool:

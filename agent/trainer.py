@@ -195,7 +195,7 @@ def train(config: Config, run_dir: str | Path, resume: bool = False, max_updates
                 # Update.
                 tick = time.perf_counter()
                 agent.train()
-                if update == 1 and config.recon.locate_coef > 0:  # the locator's first guess: this rollout's shares
+                if update == 1 and config.recon.locates:  # the locator's first guess: this rollout's shares
                     agent.locator.fit_prior(torch.from_numpy(np.stack(masks_np)).reshape(-1, *obs_shape[1:]))
                 stats = _update(agent, optimizer, config, obs, actions, logprobs, values, advantages,
                                 returns, masks_np, device)
@@ -263,7 +263,7 @@ def _update(agent: Agent, optimizer: torch.optim.Optimizer, config: Config, obs,
             pg_loss, approx_kl, clip_fraction = policy_loss(new_logprob, b_logprobs[idx], mb_adv, clip)
             v_loss = value_loss(new_value, b_values[idx], b_returns[idx], clip if cfg.clip_vloss else None)
             mb_masks = b_masks[idx] if b_masks is not None else None
-            l_loss = (recon.locate_loss(agent.locator, code, mb_masks) if config.recon.locate_coef > 0
+            l_loss = (recon.locate_loss(agent.locator, code, mb_masks) if config.recon.locates
                       else torch.zeros((), device=device))
             r_loss, pred, target, dec_masks = decoder_loss(agent, code, mb_obs, mb_masks, config.recon)
             loss = (pg_loss - cfg.ent_coef * entropy + cfg.vf_coef * v_loss + config.recon.coef * r_loss
@@ -285,7 +285,7 @@ def _update(agent: Agent, optimizer: torch.optim.Optimizer, config: Config, obs,
     stats = {key: value / count for key, value in totals.items()}
     for key, value in recon.recon_stats(pred.detach(), target, dec_masks, config.recon).items():
         stats[f"recon/{key}"] = value
-    if config.recon.locate_coef > 0:
+    if config.recon.locates:
         stats["recon/located"] = recon.located_share(agent.locator, code.detach(), mb_masks)
     var_returns = b_returns.var()
     stats["diagnostics/explained_variance"] = (

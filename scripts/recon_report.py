@@ -289,7 +289,7 @@ def train_variant(train: Dataset, cfg: ReconConfig, model_cfg: ModelConfig, args
         inputs, clean, masks = augment(obs, masks, cfg, aug_gen)
         code = model.encode(inputs)
         loss = recon_loss(model.decoder(code), recon_target(clean), masks, cfg)
-        if cfg.locate_coef > 0:
+        if cfg.locates:
             loss = loss + cfg.locate_coef * locate_loss(model.locator, code, masks)
         optimizer.zero_grad(set_to_none=True)
         loss.backward()
