@@ -35,6 +35,8 @@ def test_overrides_reach_nested_keys_and_derived_values_follow():
         ({}, ["model.code_layout=rows"], "model.code_layout: must be one of"),
         ({}, ["model.column_units=0"], "model.column_units: must be at least 1"),
         ({}, ["recon.decode_share=0"], r"recon.decode_share: must be in \(0, 1\]"),
+        ({}, ["model.refine_channels=-1"], "model.refine_channels: must be non-negative"),
+        ({}, ["model.refine_layers=1"], "model.refine_layers: must be at least 2"),
         ({}, ["model.locator_cell=[8]"], "model.locator_cell: must be two positive integers"),
         ({}, ["model.locator_cell=[0, 4]"], "model.locator_cell: must be two positive integers"),
         ({}, ["recon.locate_coef=-0.1"], "recon.locate_coef: must be non-negative"),

@@ -12,6 +12,7 @@ from agent.models import (
     ColumnCode,
     ColumnDecode,
     Locator,
+    Refine,
     recon_target,
 )
 from agent.recon_loss import locate_loss
@@ -73,6 +74,42 @@ def test_a_fresh_decoder_draws_the_walls_gray(layout):
     picture = agent.reconstruct(torch.randint(0, 256, (8, 4, 64, 144), dtype=torch.uint8)) * 255
     assert DECODER_START_GRAY == 85
     assert abs(picture.mean().item() - 85) < 1.0 and picture.std().item() < 2.0
+
+
+def test_a_fresh_refinement_leaves_the_decoders_frames_as_they_were():
+    torch.manual_seed(0)
+    plain = Agent((4, 64, 144), 14, ModelConfig(refine_channels=0))
+    refined = Agent((4, 64, 144), 14, ModelConfig(refine_channels=16))
+    missing, unexpected = refined.load_state_dict(plain.state_dict(), strict=False)
+    assert missing and all(key.startswith("decoder.refine.") for key in missing) and not unexpected
+    plain.decoder.deconv[-1].bias.data += torch.randn(1)  # a decoder that draws something, not the start gray
+    refined.decoder.deconv[-1].bias.data.copy_(plain.decoder.deconv[-1].bias)
+    x = torch.randint(0, 256, (3, 4, 64, 144), dtype=torch.uint8)
+    assert torch.equal(plain.reconstruct(x), refined.reconstruct(x))
+    with torch.no_grad():
+        refined.decoder.refine.convs[-1].bias.fill_(1.0)
+    assert (refined.reconstruct(x) > plain.reconstruct(x)).all()  # the decoder's frames pass through it
+
+
+def test_the_refinement_learns_to_reopen_the_gap_between_a_knife_and_a_fighter():
+    torch.manual_seed(0)
+    sharp = torch.zeros(1, 1, 16, 32)
+    sharp[..., 2:14, 6:14] = -3.0  # a fighter's logits, here as far from the wall's 0 as the knife's
+    sharp[..., 7:9, 15:20] = -3.0  # a knife, one wall column (14) to its right
+    blurred = torch.nn.functional.avg_pool2d(sharp, 3, stride=1, padding=1, count_include_pad=False)
+    assert blurred[0, 0, 7, 14] < -1.5  # the blur fills the gap: fighter and knife would join
+    refine = Refine(8, 3)
+    assert torch.equal(refine(blurred), blurred)
+    optimizer = torch.optim.Adam(refine.parameters(), lr=1e-2)
+    for _ in range(1000):
+        loss = (refine(blurred) - sharp).square().mean()
+        optimizer.zero_grad()
+        loss.backward()
+        optimizer.step()
+    with torch.no_grad():
+        out = refine(blurred)
+    assert (out - sharp).square().mean() < 0.05 * (blurred - sharp).square().mean()  # seed 0: 0.008
+    assert out[0, 0, 7, 14] > -0.5 and out[0, 0, 7, 16] < -2.5  # the gap is wall again (-0.09), the knife dark (-2.9)
 
 
 def test_column_code_is_64_tanh_units_14_columns_of_4_then_8_for_the_frame():
