@@ -3,6 +3,7 @@ the model's weights take on it."""
 
 from __future__ import annotations
 
+from functools import cache
 from typing import TypeVar
 
 import torch
@@ -30,3 +31,13 @@ def memory_format(device: torch.device) -> torch.memory_format:
 def place(module: M, device: torch.device) -> M:
     """`module` moved to `device`, its weights in the layout `memory_format` picks there."""
     return module.to(device, memory_format=memory_format(device))
+
+
+@cache
+def computes_bf16(device: torch.device) -> bool:
+    """Whether `device` runs bfloat16 convolutions in hardware: a CUDA device that supports the type, or a
+    CPU whose oneDNN has bfloat16 kernels (AVX-512 BF16 or AMX). Elsewhere bfloat16 is emulated, slower
+    than float32."""
+    if device.type == "cuda":
+        return torch.cuda.is_bf16_supported()
+    return device.type == "cpu" and torch.ops.mkldnn._is_mkldnn_bf16_supported()

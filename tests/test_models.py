@@ -4,6 +4,7 @@ import pytest
 import torch
 
 from agent.config import ModelConfig
+from agent.device import computes_bf16
 from agent.models import (
     DECODER_START_GRAY,
     GAINS,
@@ -91,14 +92,15 @@ def test_a_fresh_refinement_leaves_the_decoders_frames_as_they_were():
     assert (refined.reconstruct(x) > plain.reconstruct(x)).all()  # the decoder's frames pass through it
 
 
-def test_the_refinement_learns_to_reopen_the_gap_between_a_knife_and_a_fighter():
+@pytest.mark.parametrize("bf16", [False, True])
+def test_the_refinement_learns_to_reopen_the_gap_between_a_knife_and_a_fighter(bf16):
     torch.manual_seed(0)
     sharp = torch.zeros(1, 1, 16, 32)
     sharp[..., 2:14, 6:14] = -3.0  # a fighter's logits, here as far from the wall's 0 as the knife's
     sharp[..., 7:9, 15:20] = -3.0  # a knife, one wall column (14) to its right
     blurred = torch.nn.functional.avg_pool2d(sharp, 3, stride=1, padding=1, count_include_pad=False)
     assert blurred[0, 0, 7, 14] < -1.5  # the blur fills the gap: fighter and knife would join
-    refine = Refine(8, 3)
+    refine = Refine(8, 3, bf16)
     assert torch.equal(refine(blurred), blurred)
     optimizer = torch.optim.Adam(refine.parameters(), lr=1e-2)
     for _ in range(1000):
@@ -110,6 +112,21 @@ def test_the_refinement_learns_to_reopen_the_gap_between_a_knife_and_a_fighter()
         out = refine(blurred)
     assert (out - sharp).square().mean() < 0.05 * (blurred - sharp).square().mean()  # seed 0: 0.008
     assert out[0, 0, 7, 14] > -0.5 and out[0, 0, 7, 16] < -2.5  # the gap is wall again (-0.09), the knife dark (-2.9)
+
+
+def test_a_bf16_refinement_computes_what_a_float32_one_does_to_bf16_precision():
+    torch.manual_seed(0)
+    exact, fast = Refine(16, 3, bf16=False), Refine(16, 3, bf16=True)
+    torch.nn.init.normal_(exact.convs[-1].weight, std=0.1)
+    fast.load_state_dict(exact.state_dict())
+    logits = torch.randn(4, 1, 64, 144)
+    correction = exact(logits) - logits
+    out = fast(logits)
+    assert out.dtype == torch.float32
+    # bfloat16 keeps 8 bits of mantissa: each product is off by at most 2^-8 of its size
+    assert (out - logits - correction).abs().max() < 0.02 * correction.abs().max()
+    if computes_bf16(logits.device):
+        assert not torch.equal(out, exact(logits))  # it did run in bfloat16 here
 
 
 def test_column_code_is_64_tanh_units_14_columns_of_4_then_8_for_the_frame():
