@@ -110,8 +110,9 @@ def test_the_refinement_learns_to_reopen_the_gap_between_a_knife_and_a_fighter(b
         optimizer.step()
     with torch.no_grad():
         out = refine(blurred)
-    assert (out - sharp).square().mean() < 0.05 * (blurred - sharp).square().mean()  # seed 0: 0.008
-    assert out[0, 0, 7, 14] > -0.5 and out[0, 0, 7, 16] < -2.5  # the gap is wall again (-0.09), the knife dark (-2.9)
+    # seed 0, float32 / bfloat16: error 0.008 / 0.002 of the blur's, gap -0.09 / -0.03, knife -2.90 / -2.99
+    assert (out - sharp).square().mean() < 0.05 * (blurred - sharp).square().mean()
+    assert out[0, 0, 7, 14] > -0.5 and out[0, 0, 7, 16] < -2.5  # the gap is wall again, the knife dark
 
 
 def test_a_bf16_refinement_computes_what_a_float32_one_does_to_bf16_precision():
