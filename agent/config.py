@@ -103,9 +103,10 @@ class ModelConfig:
     refine_channels: int = 0
     """Channels of the decoder's full-resolution refinement (agent.models.Refine: 3x3 convs on the
     decoder's logits, added to them); 0 turns it off. At 16 it keeps the column between a knife and a
-    fighter beside it: recon_report recalled 0.902 of the knives instead of 0.765, but at 1.8x the
-    training time on a 2-core CPU (in bfloat16) and 1.37x the plain loss's error, which it halves
-    (README, "The decoder's refinement")."""
+    fighter beside it: with the previous weights (knife and ring, no bridges) recon_report recalled 0.902
+    of the knives instead of 0.765, but at 1.8x the training time on a 2-core CPU (in bfloat16) and 1.37x
+    the plain loss's error, which it halves (README, "The decoder's refinement"); with bridges, on the
+    report's cached frames, 0.921 at 1.5x (README, "Bridges")."""
     refine_layers: int = 3
     """3x3 conv layers of the refinement (the last one gives the correction); at least 2."""
     refine_bf16: bool = True
@@ -113,7 +114,7 @@ class ModelConfig:
     or AMX; elsewhere float32): 2x faster in recon_report's training on this CPU, the same recall and mse."""
     locator_cell: list[int] = field(default_factory=lambda: [8, 4])
     """Rows and columns of one cell of the locator's grid (agent.models.Locator): 8 x 36 cells over a
-    64 x 144 frame, a knife's box (grown by recon.mask_grow) touching two to four of them."""
+    64 x 144 frame, a knife's 5 x 2 box touching two to four of them."""
 
     def validate(self) -> None:
         _check(self.features_dim >= 1, "model.features_dim", "must be at least 1")
@@ -209,10 +210,21 @@ class ReconConfig:
     balance: float = 0.25
     """balanced: weight of the mean error over object pixels next to the mean over background pixels
     (0.25 measured best for mse among 0.25-2; 1 and more cost over 1.4x the plain mse)."""
-    mask_grow: int = 1
-    """Pixels each detected box grows by, on every side, before it becomes the weight mask: the ring
-    of wall around a knife then weighs as much as the knife, asking for a sharp edge. Measured with
-    the balanced loss: 0 about the same, 2 worse."""
+    mask_grow: int = 0
+    """Pixels each detected box grows by, on every side, before it becomes the weight mask. 1 weighs a
+    ring of wall around each knife as much as the knife; with bridges (bridge_cols) it is not needed:
+    recon_report's training on its cached frames (bridges on, 12,000 steps) recalled 0.844 with the
+    ring and 0.855 without, at mse 0.00117 and 0.00112."""
+    bridge_cols: int = 6
+    """weighted (the other losses ignore it): widest run of wall, in columns, between a small object and
+    another sprite beside it that weighs `bridge_weight` (agent.recon_loss.bridge_mask); 0 turns bridges
+    off. The detector finds a knife flying beside a fighter only if the columns between them are drawn
+    as wall. The report (scripts/recon_report.py) recalled 0.855 with bridges and no ring (mask_grow 0)
+    at 1.17x the plain mse, against 0.765 at 1.20x with the ring alone."""
+    bridge_weight: float = 100.0
+    """weighted: weight of a bridge pixel (see bridge_cols). On the report's cached frames with the
+    decoder's refinement (model.refine_channels 16), 100 / 30 / 10 recalled 0.921 / 0.883 / 0.848 at
+    mse 0.00072 / 0.00067 / 0.00067 (plain: 0.00048)."""
     aug_noise_std: float = 0.0
     """Std of Gaussian noise (gray levels, 0-255 scale) added to the encoder's input of the decoder's loss
     (off: 8 did not help on held-out frames, see recon_report's weighted_noise)."""
@@ -250,6 +262,11 @@ class ReconConfig:
         return self.loss != "plain" or self.locates
 
     @property
+    def bridges(self) -> bool:
+        """Whether the weighted loss weighs bridges (bridge_cols)."""
+        return self.bridge_cols > 0
+
+    @property
     def locates(self) -> bool:
         """Whether the locator's loss is on."""
         return self.locate_coef > 0
@@ -266,6 +283,8 @@ class ReconConfig:
         _check(self.empty_frame_weight >= 0, "recon.empty_frame_weight", "must be non-negative")
         _check(self.balance >= 0, "recon.balance", "must be non-negative")
         _check(self.mask_grow >= 0, "recon.mask_grow", "must be non-negative")
+        _check(self.bridge_cols >= 0, "recon.bridge_cols", "must be non-negative")
+        _check(self.bridge_weight >= 0, "recon.bridge_weight", "must be non-negative")
         _check(self.aug_noise_std >= 0, "recon.aug_noise_std", "must be non-negative")
         _check(self.aug_shift >= 0, "recon.aug_shift", "must be non-negative")
         _check(0 < self.decode_share <= 1, "recon.decode_share", "must be in (0, 1]")

@@ -22,12 +22,13 @@
    (48,000 observations, 12,000 steps of 32) finish in about 11 minutes on 2 CPU cores; twice the steps
    drew the knives more exactly (strict recall 0.55 to 0.67) but no more of them. `--device cuda` trains
    on a GPU.
-3. Scores every variant on the validation frames: mse, small_object_mse (squared error inside the grown
-   object boxes of the targets) and small_object_recall (share of the targets' objects that the detector
-   finds again in the reconstruction at the same place, 2 px tolerance). Because a decoder unsure where
-   a knife is draws faint knife-like blobs all along the knife rows, the report also gives the recall's
-   chance level (targets matched against the reconstruction of an unrelated frame), a strict recall
-   (box overlap IoU >= 0.25) and the precision of the reconstruction's detections.
+3. Scores every variant on the validation frames: mse, small_object_mse (squared error inside the
+   object masks of the targets: boxes grown by `recon.mask_grow`) and small_object_recall (share of the
+   targets' objects that the detector finds again in the reconstruction at the same place, 2 px
+   tolerance). Because a decoder unsure where a knife is draws faint knife-like blobs all along the knife
+   rows, the report also gives the recall's chance level (targets matched against the reconstruction of
+   an unrelated frame), a strict recall (box overlap IoU >= 0.25) and the precision of the
+   reconstruction's detections.
 
 Writes DIR/report.json (`variants.<name>` with mse, small_object_mse, small_object_recall and more) and
 DIR/comparison.png (per example: input / plain / weighted / weight map, whole frame and a zoom on the
@@ -83,7 +84,7 @@ class Dataset:
     episode: np.ndarray
     """int episode id of each observation."""
     masks: np.ndarray
-    """bool (N, 64, 144) grown object boxes of the newest frame."""
+    """bool (N, 64, 144) object boxes of the newest frame, grown by recon.mask_grow."""
     boxes: np.ndarray
     """(frame, x, y, w, h) objects of the newest frames."""
 
@@ -359,18 +360,19 @@ def comparison_png(path: Path, val: Dataset, preds: dict[str, torch.Tensor], cfg
     with_obj = np.unique(val.boxes[:, 0])
     pool = with_obj if len(with_obj) else np.arange(len(val.obs))
     picks = np.sort(rng.choice(pool, min(max(rows, 1), len(pool)), replace=False))
-    target = to_uint8(recon_target(torch.from_numpy(val.obs)))
-    plain, weighted = to_uint8(preds["plain"]), to_uint8(preds["weighted"])
-    wmap = weight_map(torch.from_numpy(val.masks), (len(val.obs), 1, *val.obs.shape[2:]), cfg)[:, 0].numpy()
+    frames = recon_target(torch.from_numpy(val.obs[picks]))
+    target = to_uint8(frames)
+    plain, weighted = to_uint8(preds["plain"][picks]), to_uint8(preds["weighted"][picks])
+    wmap = weight_map(torch.from_numpy(val.masks[picks]), frames.shape, cfg, target=frames)[:, 0].numpy()
     wmap_u8 = (255 * wmap / max(1e-8, float(wmap.max()))).astype(np.uint8)
     h, w = val.obs.shape[2:]
     zh, zw = min(24, h), min(54, w)
     gap = 6
     blocks = []
-    for i in picks:
+    for row, i in enumerate(picks):
         boxes = val.boxes[val.boxes[:, 0] == i]
         x, y, bw, bh = boxes[0, 1:].tolist() if len(boxes) else (w // 2, h // 2, 0, 0)
-        panels = [target[i], plain[i], weighted[i], wmap_u8[i]]
+        panels = [target[row], plain[row], weighted[row], wmap_u8[row]]
         big = [_gray_bgr(p, 3) for p in panels]
         if len(boxes):
             corners = (3 * x - 3, 3 * y - 3), (3 * (x + bw) + 2, 3 * (y + bh) + 2)

@@ -6,7 +6,15 @@ import torch
 
 from agent.config import ReconConfig
 from agent.models import Locator
-from agent.recon_loss import decode_selection, located_share, object_masks, recon_loss, recon_stats, weight_map
+from agent.recon_loss import (
+    bridge_mask,
+    decode_selection,
+    located_share,
+    object_masks,
+    recon_loss,
+    recon_stats,
+    weight_map,
+)
 
 H, W = 64, 144
 
@@ -59,6 +67,46 @@ def test_balanced_weights_average_each_group_then_add():
     assert wmap[obj].sum().item() == pytest.approx(2.0 * wmap[~obj].sum().item(), rel=1e-5)
 
 
+def scene_with_fighters() -> np.ndarray:
+    """A wall (85), two fighters (8 columns wide, 150) and three knives (5x2, 74): knife 1 two wall
+    columns right of fighter 1, knife 2 beyond knife 1, knife 3 nine wall columns right of fighter 2."""
+    frame = np.full((H, W), 85, dtype=np.uint8)
+    frame[10:44, 20:28] = 150  # fighter 1, columns 20-27
+    frame[30:32, 30:35] = 74  # knife 1: wall columns 28-29 between it and fighter 1
+    # knife 2: 9 wall columns to knife 1 (an object: no bridge ends on one) and 16 to fighter 1.
+    frame[30:32, 44:49] = 74
+    frame[20:44, 100:108] = 150  # fighter 2, columns 100-107
+    frame[40:42, 117:122] = 74  # knife 3: wall columns 108-116 between it and fighter 2
+    return frame
+
+
+def test_bridge_is_the_wall_between_a_knife_and_a_near_fighter():
+    frame = scene_with_fighters()
+    masks = object_masks(frame[None], ReconConfig(mask_grow=0))
+    bridge = bridge_mask(as_target(frame[None]), torch.from_numpy(masks).unsqueeze(1),
+                         ReconConfig(bridge_cols=6))[0, 0].numpy()
+    expected = np.zeros((H, W), dtype=bool)
+    expected[29:33, 28:30] = True  # the knife's rows, one up and down, over the two wall columns
+    assert (bridge == expected).all()
+    wide = bridge_mask(as_target(frame[None]), torch.from_numpy(masks).unsqueeze(1),
+                       ReconConfig(bridge_cols=10))[0, 0].numpy()
+    expected[39:43, 108:117] = True  # knife 3 now bridges to fighter 2, 9 columns away
+    assert (wide == expected).all()
+
+
+def test_weight_map_weighs_bridges_when_given_the_targets():
+    frame = scene_with_fighters()
+    masks = torch.from_numpy(object_masks(frame[None], ReconConfig(mask_grow=1)))  # knife 1's ring
+    cfg = ReconConfig(object_weight=100.0, mask_grow=1, bridge_cols=6, bridge_weight=30.0)
+    wmap = weight_map(masks, (1, 1, H, W), cfg, target=as_target(frame[None]))[0, 0]
+    assert (wmap[29:33, 29:36] == 100).all()  # knife 1 grown by its ring, which covers column 29
+    # The bridge: the column the ring leaves, over the rows of the grown box and one up and down.
+    assert (wmap == 30).nonzero().tolist() == [[row, 28] for row in range(28, 34)]
+    # Without the targets there are no bridges.
+    no_bridges = ReconConfig(object_weight=100.0, bridge_cols=0)
+    assert (weight_map(masks, (1, 1, H, W), cfg) == weight_map(masks, (1, 1, H, W), no_bridges)).all()
+
+
 @pytest.mark.parametrize("loss", ["weighted", "balanced"])
 def test_weighted_loss_equals_mse_without_objects_and_unit_factors(loss):
     cfg = ReconConfig(loss=loss, object_weight=1.0, empty_frame_weight=1.0, balance=1.0)
@@ -96,8 +144,10 @@ def test_recon_stats_perfect_and_knife_less_reconstructions():
     blank = torch.full_like(target, 85 / 255)  # the wall without knives
     stats = recon_stats(blank, target, None)  # masks computed from the targets
     assert stats["small_object_recall"] == 0.0
+    assert stats["small_object_mse"] == pytest.approx((11 / 255) ** 2, rel=1e-4)  # the knife's box alone
+    grown = recon_stats(blank, target, None, ReconConfig(mask_grow=1))
     knife_share = (5 * 2) / (7 * 4)  # a 5x2 knife in its 7x4 grown box
-    assert stats["small_object_mse"] == pytest.approx(knife_share * (11 / 255) ** 2, rel=1e-4)
+    assert grown["small_object_mse"] == pytest.approx(knife_share * (11 / 255) ** 2, rel=1e-4)
 
 
 def test_recon_stats_counts_an_object_found_one_pixel_off():
@@ -130,7 +180,7 @@ def test_decode_selection_takes_object_frames_first():
 def test_located_share_counts_the_object_cells_the_locator_marks():
     locator = Locator(8, (H, W), (8, 4))
     code = torch.zeros(2, 8)
-    masks = torch.from_numpy(object_masks(frames_with_knife(2, (0,)), ReconConfig()))
+    masks = torch.from_numpy(object_masks(frames_with_knife(2, (0,)), ReconConfig(mask_grow=1)))
     touched = locator.targets(masks)[0].nonzero().flatten()  # the grown knife box: 6 cells
     assert len(touched) == 6
     assert located_share(locator, code, masks) == 0.0  # a fresh locator marks nothing
