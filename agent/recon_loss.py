@@ -57,8 +57,9 @@ import numpy as np
 import torch
 
 from agent.config import ReconConfig
-from agent.detection import background_columns, boxes_to_masks, detect_boxes
+from agent.detection import boxes_to_masks, detect_boxes
 from agent.models import Locator
+from agent.normalization import row_background
 
 STATS_FRAMES = 256
 """recon_stats runs the detector on at most this many frames (the first ones of the batch)."""
@@ -136,10 +137,7 @@ def bridge_mask(target: torch.Tensor, obj: torch.Tensor, cfg: ReconConfig) -> to
     rows count one row up and down too. Only the rows the objects reach are searched.
     """
     frames = (target[:, 0].float() * 255).round()
-    sample = frames[:, :, background_columns(frames.shape[-1])]
-    mid = sample.shape[-1] // 2
-    background = sample.sort(dim=-1).values[..., mid:mid + 1]
-    sprite = (frames - background).abs() >= cfg.detect_min_contrast
+    sprite = (frames - row_background(frames)).abs() >= cfg.detect_min_contrast
     obj_rows = _rows_around(obj[:, 0])
     other = _rows_around(sprite) & ~obj_rows
     rows = obj_rows.any(dim=-1)
