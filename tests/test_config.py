@@ -41,6 +41,7 @@ def test_overrides_reach_nested_keys_and_derived_values_follow():
         ({}, ["model.locator_cell=[0, 4]"], "model.locator_cell: must be two positive integers"),
         ({}, ["recon.locate_coef=-0.1"], "recon.locate_coef: must be non-negative"),
         ({}, ["recon.bridge_cols=-1"], "recon.bridge_cols: must be non-negative"),
+        ({}, ["recon.bridge_rows=-1"], "recon.bridge_rows: must be non-negative"),
         ({}, ["recon.bridge_weight=-1"], "recon.bridge_weight: must be non-negative"),
         ({"env": 3}, [], "env: expected a mapping"),
     ],

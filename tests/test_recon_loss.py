@@ -83,15 +83,42 @@ def scene_with_fighters() -> np.ndarray:
 def test_bridge_is_the_wall_between_a_knife_and_a_near_fighter():
     frame = scene_with_fighters()
     masks = object_masks(frame[None], ReconConfig(mask_grow=0))
-    bridge = bridge_mask(as_target(frame[None]), torch.from_numpy(masks).unsqueeze(1),
-                         ReconConfig(bridge_cols=6))[0, 0].numpy()
     expected = np.zeros((H, W), dtype=bool)
     expected[29:33, 28:30] = True  # the knife's rows, one up and down, over the two wall columns
+    no_margin = bridge_mask(as_target(frame[None]), torch.from_numpy(masks).unsqueeze(1),
+                            ReconConfig(bridge_cols=6, bridge_margin=False))[0, 0].numpy()
+    assert (no_margin == expected).all()
+    bridge = bridge_mask(as_target(frame[None]), torch.from_numpy(masks).unsqueeze(1),
+                         ReconConfig(bridge_cols=6))[0, 0].numpy()
+    # Knife 1's margin, 3 rows up and down and one column either side, where fighter 1 is within 3 rows
+    # and 6 columns (up to column 33); knife 2 and 3 have no sprite that near, and none over or under them.
+    expected[27:35, 29:34] = True
+    expected[30:32, 30:34] = False  # the knife itself
     assert (bridge == expected).all()
     wide = bridge_mask(as_target(frame[None]), torch.from_numpy(masks).unsqueeze(1),
                        ReconConfig(bridge_cols=10))[0, 0].numpy()
     expected[39:43, 108:117] = True  # knife 3 now bridges to fighter 2, 9 columns away
+    expected[37:45, 116:118] = True  # and has a margin on its left, up to 10 columns from fighter 2
+    expected[27:35, 34:36] = True  # knife 1's whole margin is within 10 columns of fighter 1
+    expected[30:32, 30:35] = expected[40:42, 117:122] = False  # the knives
     assert (wide == expected).all()
+
+
+def test_bridge_over_a_fighter_is_the_wall_between_them():
+    """A knife flying over a ducking fighter's head: the bridge is the wall rows between them, over the
+    knife's columns and one either side (the detector joins diagonal neighbours)."""
+    frame = np.full((H, W), 85, dtype=np.uint8)
+    frame[41:60, 60:70] = 150  # the fighter, rows 41-59
+    frame[33:35, 62:67] = 74  # the knife, rows 33-34: wall rows 35-40 between them
+    frame[20:22, 100:105] = 74  # a knife with nothing under or over it
+    masks = torch.from_numpy(object_masks(frame[None], ReconConfig(mask_grow=0))).unsqueeze(1)
+    expected = np.zeros((H, W), dtype=bool)
+    expected[35:41, 61:68] = True
+    bridge = bridge_mask(as_target(frame[None]), masks, ReconConfig(bridge_cols=6, bridge_rows=6))[0, 0]
+    assert (bridge.numpy() == expected).all()
+    # The fighter is 6 wall rows away, beyond the knife's margin (3 rows): bridge_rows 5 leaves no bridge.
+    assert not bridge_mask(as_target(frame[None]), masks, ReconConfig(bridge_cols=6, bridge_rows=5)).any()
+    assert not bridge_mask(as_target(frame[None]), masks, ReconConfig(bridge_cols=6, bridge_rows=0)).any()
 
 
 def test_weight_map_weighs_bridges_when_given_the_targets():
@@ -99,11 +126,15 @@ def test_weight_map_weighs_bridges_when_given_the_targets():
     masks = torch.from_numpy(object_masks(frame[None], ReconConfig(mask_grow=1)))  # knife 1's ring
     cfg = ReconConfig(object_weight=100.0, mask_grow=1, bridge_cols=6, bridge_weight=30.0)
     wmap = weight_map(masks, (1, 1, H, W), cfg, target=as_target(frame[None]))[0, 0]
-    assert (wmap[29:33, 29:36] == 100).all()  # knife 1 grown by its ring, which covers column 29
-    # The bridge: the column the ring leaves, over the rows of the grown box and one up and down.
-    assert (wmap == 30).nonzero().tolist() == [[row, 28] for row in range(28, 34)]
+    expected = torch.ones(H, W)
+    # The margin of knife 1 grown by its ring, 3 rows up and down and one column either side, up to
+    # column 33 (6 from fighter 1); it takes in the bridge, the one wall column the ring leaves.
+    expected[26:36, 28:34] = 30
+    expected[29:33, 29:36] = 100  # knife 1 grown by its ring, which covers column 29
+    expected[29:33, 43:50] = expected[39:43, 116:123] = 100  # knives 2 and 3 grown
+    assert (wmap == expected).all()
     # Without the targets there are no bridges.
-    no_bridges = ReconConfig(object_weight=100.0, bridge_cols=0)
+    no_bridges = ReconConfig(object_weight=100.0, bridge_cols=0, bridge_rows=0)
     assert (weight_map(masks, (1, 1, H, W), cfg) == weight_map(masks, (1, 1, H, W), no_bridges)).all()
 
 
