@@ -97,8 +97,8 @@ def weight_map(masks: torch.Tensor | None, shape: tuple[int, ...], cfg: ReconCon
     """Per-pixel weights (N, 1, h, w) of the loss: recon_loss = mean(weight_map * squared error).
 
     `masks` is bool (N, h, w) or None (no objects anywhere); `shape` is the (N, 1, h, w) of the frames.
-    The weighted loss with `recon.bridge_cols` also weighs the bridges (`bridge_mask`) of the target
-    frames (N, 1, h, w) in [0, 1], when they are given.
+    The weighted loss with bridges on (`recon.bridge_cols` or `recon.bridge_rows`) also weighs the
+    bridges and margins (`bridge_mask`) of the target frames (N, 1, h, w) in [0, 1], when they are given.
     """
     if cfg.loss == "plain":
         return torch.ones(shape, device=device)
