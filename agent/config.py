@@ -107,7 +107,8 @@ class ModelConfig:
     of the knives instead of 0.765, but at 1.8x the training time on a 2-core CPU (in bfloat16) and 1.37x
     the plain loss's error, which it halves (README, "The decoder's refinement"); with bridges beside
     the knife at x100 and no ring the report recalled 0.885 at 1.44x in 1,174 s (README, "Bridges").
-    The default weights recall more without it (0.916 at 1.25x)."""
+    The default weights recall more without it (0.916 at 1.25x at 12,000 steps; 0.927 at 1.20x with the
+    report's present schedule)."""
     refine_layers: int = 3
     """3x3 conv layers of the refinement (the last one gives the correction); at least 2."""
     refine_bf16: bool = True
@@ -237,7 +238,8 @@ class ReconConfig:
     """weighted: weight of a bridge pixel (see bridge_cols; the margin weighs as much). On recon_report's
     cached frames with every kind of bridge, 100 / 200 / 300 recalled 0.873 / 0.915 / 0.900 at mse
     0.00113 / 0.00117 / 0.00122 (plain: 0.00094); the report itself, at 100 and 200: 0.877 at 1.19x
-    and 0.916 at 1.25x the plain mse, and with --seed 1 0.89994 at 1.23x and 0.859 at 1.32x."""
+    and 0.916 at 1.25x the plain mse, and with --seed 1 0.89994 at 1.23x and 0.859 at 1.32x (12,000
+    steps at a constant learning rate; with the report's present schedule, 200 gave 0.927 at 1.20x)."""
     aug_noise_std: float = 0.0
     """Std of Gaussian noise (gray levels, 0-255 scale) added to the encoder's input of the decoder's loss
     (off: 8 did not help on held-out frames, see recon_report's weighted_noise)."""

@@ -4,12 +4,13 @@ import pytest
 import torch
 
 from agent.config import ModelConfig
-from agent.device import computes_bf16
+from agent.device import computes_bf16, place
 from agent.models import (
     DECODER_START_GRAY,
     GAINS,
     LOCATOR_PRIOR_FLOOR,
     Agent,
+    BlockConvTranspose2d,
     ColumnCode,
     ColumnDecode,
     Locator,
@@ -174,14 +175,44 @@ def test_a_column_code_without_whole_frame_units_is_refused():
 
 
 def test_place_keeps_conv_weights_channels_last_on_the_cpu():
-    from agent.device import place
-
     agent = Agent((4, 64, 144), 14, ModelConfig())
     assert place(agent, torch.device("cpu")) is agent
     conv = agent.encoder.trunk[0].weight
     assert conv.is_contiguous(memory_format=torch.channels_last) and not conv.is_contiguous()
     x = torch.randint(0, 256, (2, 4, 64, 144), dtype=torch.uint8)
     assert agent.reconstruct(x).shape == (2, 1, 64, 144)
+
+
+@pytest.mark.parametrize(("layer", "output_padding", "shape"), [
+    ((32, 1, 8, 4), (0, 0), (3, 32, 15, 35)),  # the decoder's last transposed conv
+    ((6, 2, 4, 2), (1, 0), (2, 6, 5, 7)),  # a row past the last block, which only the bias reaches
+    ((6, 2, 3, 2), (1, 1), (2, 6, 5, 7)),  # a kernel not a whole number of strides: not folded
+])
+def test_the_folded_transposed_conv_computes_what_the_plain_one_does(layer, output_padding, shape):
+    torch.manual_seed(0)
+    plain = torch.nn.ConvTranspose2d(*layer, output_padding=output_padding)
+    block = BlockConvTranspose2d(*layer, output_padding=output_padding)
+    block.load_state_dict(plain.state_dict())
+    place(block, torch.device("cpu"))  # channels_last weights, as the agent keeps them
+    x = torch.randn(shape)
+    x_plain, x_block = x.clone().requires_grad_(), x.clone().requires_grad_()
+    y_plain, y_block = plain(x_plain), block(x_block)
+    assert y_block.shape == y_plain.shape
+    torch.testing.assert_close(y_block, y_plain, atol=1e-5, rtol=1e-5)
+    grad = torch.randn_like(y_plain)
+    y_plain.backward(grad)
+    y_block.backward(grad)
+    torch.testing.assert_close(x_block.grad, x_plain.grad, atol=1e-5, rtol=1e-5)
+    torch.testing.assert_close(block.weight.grad, plain.weight.grad, atol=1e-4, rtol=1e-4)
+    torch.testing.assert_close(block.bias.grad, plain.bias.grad, atol=1e-4, rtol=1e-4)
+
+
+def test_the_decoders_last_layer_is_folded_and_keeps_its_checkpoint_keys():
+    agent = Agent((4, 64, 144), 14, ModelConfig())
+    deconvs = [m for m in agent.decoder.deconv if isinstance(m, torch.nn.ConvTranspose2d)]
+    assert [type(m) for m in deconvs] == [torch.nn.ConvTranspose2d] * 2 + [BlockConvTranspose2d]
+    assert agent.decoder.deconv[4] is deconvs[-1] and deconvs[-1].weight.shape == (32, 1, 8, 8)
+    assert {"decoder.deconv.4.weight", "decoder.deconv.4.bias"} <= agent.state_dict().keys()
 
 
 def test_locator_targets_mark_the_cells_a_mask_touches():

@@ -29,7 +29,8 @@ def test_recon_report_smoke(tmp_path):
 
 def test_recon_report_rejects_bad_input_with_one_line(tmp_path):
     for args in (["--steps", "0"], ["--variants", "plain,nonsense"], ["--set", "recon.nope=1"],
-                 ["--set", "ppo.lr=1"], ["--device", "tpu"], ["--batch-object-share", "1.5"]):
+                 ["--set", "ppo.lr=1"], ["--device", "tpu"], ["--batch-object-share", "1.5"],
+                 ["--lr-tail", "-0.1"]):
         result = run_script("recon_report.py", "--out", str(tmp_path / "x"), *args, timeout=60)
         assert result.returncode == 2, args
         assert len(result.stderr.strip().splitlines()) == 1, result.stderr
@@ -38,6 +39,16 @@ def test_recon_report_rejects_bad_input_with_one_line(tmp_path):
 def test_recon_report_help():
     result = run_script("recon_report.py", "--help", timeout=60)
     assert result.returncode == 0 and "--out" in result.stdout
+
+
+def test_learning_rate_holds_then_falls_along_a_half_cosine_over_the_tail():
+    lr = load_script("recon_report").learning_rate
+    # 12 steps, a tail of a third: 8 steps at lr, then cos over 4 steps: 1, (1 + cos(pi/4)) / 2, 1/2, ...
+    got = [lr(step, 12, 2.0, 1 / 3) for step in range(12)]
+    assert got[:9] == [2.0] * 9
+    assert got[9:] == pytest.approx([1 + np.cos(np.pi / 4), 1.0, 1 - np.cos(np.pi / 4)])
+    assert [lr(step, 12, 2.0, 0.0) for step in range(12)] == [2.0] * 12
+    assert lr(0, 10, 1.0, 1.0) == 1.0 and 0 < lr(9, 10, 1.0, 1.0) < 0.03  # the whole run, never 0
 
 
 def _dataset(n_frames: int, object_frames: list[int]):
