@@ -317,10 +317,11 @@ def train_variant(train: Dataset, cfg: ReconConfig, model_cfg: ModelConfig, args
 def learning_rate(step: int, steps: int, lr: float, tail: float) -> float:
     """The learning rate of training step `step` (0-based) of `steps`: `lr`, then over the last `tail`
     share of the steps a half cosine from `lr` towards 0 (which the step after the last would reach)."""
-    into_tail = step - (steps - round(tail * steps))
+    tail_steps = round(tail * steps)
+    into_tail = step - (steps - tail_steps)
     if into_tail <= 0:
         return lr
-    return lr * 0.5 * (1 + math.cos(math.pi * into_tail / round(tail * steps)))
+    return lr * 0.5 * (1 + math.cos(math.pi * into_tail / tail_steps))
 
 
 @torch.no_grad()

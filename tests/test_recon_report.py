@@ -43,7 +43,8 @@ def test_recon_report_help():
 
 def test_learning_rate_holds_then_falls_along_a_half_cosine_over_the_tail():
     lr = load_script("recon_report").learning_rate
-    # 12 steps, a tail of a third: 8 steps at lr, then cos over 4 steps: 1, (1 + cos(pi/4)) / 2, 1/2, ...
+    # 12 steps, a tail of a third (4 steps): 9 steps at lr, the tail's first included, then
+    # lr * (1 + cos(pi * k / 4)) / 2 for k = 1, 2, 3.
     got = [lr(step, 12, 2.0, 1 / 3) for step in range(12)]
     assert got[:9] == [2.0] * 9
     assert got[9:] == pytest.approx([1 + np.cos(np.pi / 4), 1.0, 1 - np.cos(np.pi / 4)])
