@@ -31,13 +31,16 @@ missed, 45 touch a fighter (the first frames after a throw, the frames of a hit)
 and 9 touch the screen border. Knife-free frames: 5 of 5,423 had a detection (0.09%): a 3x3 piece
 split off a fighter, or an 8x12 dwarf standing alone.
 
-Cost (object_masks on the 8 newest frames of a vector step, this 2-core machine): about 12 microseconds
-a frame alone and 17-22 inside an env loop, where the env itself took 220-250 microseconds a frame
-(4,000-4,600 agent steps/s): 7-10% on top of raw stepping, about what a 150-microsecond busy wait per
-step cost. At the 1,500-1,900 steps/s of a busy machine it is 3-4%. Most of it is findContours (4.5)
-and the row medians (2-3). Batches are processed in chunks of `CHUNK` frames stacked into one tall
-image (with empty separator rows), so that each OpenCV step is one call for all of them and the
-working set stays in cache.
+Cost (object_masks on the 8 newest frames of a vector step, this 2-core machine, 2026-11-28): about 15
+microseconds a frame alone and 21 inside an env loop, where the env itself took 390 microseconds a frame.
+Run after each step, it slowed the loop by 8-13%, against its own 5% of the time: the steps after it ran
+slower too. The learner therefore runs it on the last step's frames while the emulator computes the next
+(`GameEnv.send` / `recv`), which cut that to about 5% in the same measurement, and scripts/benchmark.py,
+which times it that way, printed 1.5%, 1.9% and 5.6% in three runs. Most of it is findContours (6 of the
+15) and the row medians (2); connected components with statistics, the other way to group, took 18-55
+microseconds a frame. Batches are processed in chunks of `CHUNK` frames stacked into one tall image (with
+empty separator rows), so that each OpenCV step is one call for all of them and the working set stays in
+cache.
 """
 
 from __future__ import annotations

@@ -109,6 +109,7 @@ class GameEnv:
         self.game_frames = np.zeros(self.num_envs, dtype=np.int64)
         self.lives = np.zeros(self.num_envs, dtype=np.int64)
         self._actions: list[list[int]] = [[] for _ in range(self.num_envs)]
+        self._sent: np.ndarray | None = None
 
     def _seeds(self, envs: np.ndarray) -> np.ndarray:
         return np.array([episode_seed(self.seed, i, self.games_started[i]) for i in envs], dtype=np.int64)
@@ -144,8 +145,24 @@ class GameEnv:
         return self._crop(obs)
 
     def step(self, actions: np.ndarray) -> Step:
+        self.send(actions)
+        return self.recv()
+
+    def send(self, actions: np.ndarray) -> None:
+        """Starts a step of every env in the emulator's threads; `recv` waits for it. Until then the last
+        Step's obs stays as it was, so work on it (the learner's detector) runs beside the emulator."""
+        if self._sent is not None:
+            raise RuntimeError("GameEnv.send: the previous step has not been received (call recv first)")
         actions = np.asarray(actions, dtype=np.int64)
-        obs, reward, terminated, truncated, info = self.env.step(actions)
+        self.env.send(actions)
+        self._sent = actions
+
+    def recv(self) -> Step:
+        """Waits for the step `send` started and returns it."""
+        if self._sent is None:
+            raise RuntimeError("GameEnv.recv: no step was sent (call send first)")
+        actions, self._sent = self._sent, None
+        obs, reward, terminated, truncated, info = self.env.recv()
         for i, a in enumerate(actions.tolist()):
             self._actions[i].append(a)
         reward = reward.astype(np.float32)

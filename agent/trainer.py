@@ -139,8 +139,8 @@ def train(config: Config, run_dir: str | Path, resume: bool = False, max_updates
     values = torch.zeros((num_steps, num_envs), device=device)
     masks_np: list[np.ndarray | None] = [None] * num_steps
     next_obs = torch.from_numpy(obs_np).to(device)
+    next_frames = obs_np  # next_obs as the env returned it, read by the detector
     next_done = torch.zeros(num_envs, device=device)
-    next_masks = recon.object_masks(obs_np[:, -1], config.recon)
 
     end_update = config.num_updates if max_updates is None else min(config.num_updates, start_update + max_updates)
     bar = tqdm(total=config.num_updates * config.frames_per_update, initial=frames, unit="frame",
@@ -158,30 +158,33 @@ def train(config: Config, run_dir: str | Path, resume: bool = False, max_updates
                     lr = cfg_ppo.lr * (1.0 - (update - 1.0) / config.num_updates)
                     optimizer.param_groups[0]["lr"] = lr
 
-                # Rollout: the policy acts in every env at once; the emulator steps in C++ threads.
+                # Rollout: the policy acts in every env at once; the emulator steps in C++ threads, and
+                # meanwhile the detector finds the small objects of the frames the policy acted on.
                 agent.eval()
                 timer = {"policy": 0.0, "env": 0.0, "detect": 0.0}
                 for step in range(num_steps):
                     tick = time.perf_counter()
                     obs[step] = next_obs
                     dones[step] = next_done
-                    masks_np[step] = next_masks
                     with torch.inference_mode():
                         action, logprob, _, value = agent.get_action_and_value(next_obs)
                     actions[step], logprobs[step], values[step] = action, logprob, value
                     action_np = action.cpu().numpy()
-                    tock = time.perf_counter()
-                    result = env.step(action_np)
-                    tack = time.perf_counter()
-                    next_masks = recon.object_masks(result.obs[:, -1], config.recon)
-                    timer["policy"] += tock - tick
-                    timer["env"] += tack - tock
-                    timer["detect"] += time.perf_counter() - tack
+                    acted = time.perf_counter()
+                    env.send(action_np)
+                    sent = time.perf_counter()
+                    masks_np[step] = recon.object_masks(next_frames[:, -1], config.recon)
+                    detected = time.perf_counter()
+                    result = env.recv()
+                    timer["policy"] += acted - tick
+                    timer["detect"] += detected - sent
+                    timer["env"] += (sent - acted) + (time.perf_counter() - detected)
                     reward = np.sign(result.reward) if cfg_ppo.reward_clip else result.reward
                     rewards[step] = torch.from_numpy(reward).to(device)
                     done = result.done | result.life_lost if cfg_ppo.life_loss_done else result.done
                     next_done = torch.from_numpy(done.astype(np.float32)).to(device)
                     next_obs = torch.from_numpy(result.obs).to(device, non_blocking=True, copy=True)
+                    next_frames = result.obs
                     frames += num_envs * cfg_env.frameskip
                     for score, length in zip(result.finished_scores, result.finished_frames, strict=True):
                         logger.game_over(score, length, frames)

@@ -88,3 +88,33 @@ def test_restore_handles_games_of_different_lengths():
             raw = single.env.step(np.array([a]))[0]
         np.testing.assert_array_equal(restored[i], raw[0, :, 96:160, 8:152])
     assert env.game_frames.tolist() == [28, 12, 0]
+
+
+def test_send_then_recv_is_a_step_and_leaves_the_last_obs_alone_until_recv():
+    # Past the end of a game too (40-frame cap: games end at step 10), where recv reseeds it.
+    stepped, split = small_env(max_episode_frames=40), small_env(max_episode_frames=40)
+    stepped.reset()
+    last = split.reset()
+    rng = np.random.default_rng(2)
+    for actions in rng.integers(0, stepped.num_actions, (14, 2)):
+        want = stepped.step(actions)
+        before = last.copy()
+        split.send(actions)
+        np.testing.assert_array_equal(last, before)  # the emulator writes elsewhere until recv
+        got = split.recv()
+        np.testing.assert_array_equal(got.obs, want.obs)
+        assert got.reward.tolist() == want.reward.tolist() and got.done.tolist() == want.done.tolist()
+        assert got.finished_scores == want.finished_scores
+        last = got.obs
+    assert split.state_dict()["actions"][0].tolist() == stepped.state_dict()["actions"][0].tolist()
+
+
+def test_recv_without_send_and_a_second_send_are_refused():
+    env = small_env()
+    env.reset()
+    with pytest.raises(RuntimeError, match="no step was sent"):
+        env.recv()
+    env.send(np.zeros(2, dtype=np.int64))
+    with pytest.raises(RuntimeError, match="has not been received"):
+        env.send(np.zeros(2, dtype=np.int64))
+    assert env.recv().obs.shape == (2, 4, 64, 144)

@@ -117,3 +117,35 @@ def test_decoder_loss_reads_the_selected_frames_and_perturbs_only_its_own_input(
     _, pred_noisy, target_noisy, _ = decoder_loss(agent, code, obs, masks, noisy)
     assert torch.equal(target_noisy, recon_target(obs))
     assert not torch.allclose(pred_noisy, agent.decoder(code))
+
+
+def test_the_rollout_detects_each_stored_observation_while_the_emulator_steps(tmp_path, smoke_config, monkeypatch):
+    # The detector reads the frames the policy acted on while the emulator computes the next step; each
+    # row of the rollout must get the masks of its own observation, not of its neighbour's.
+    import agent.trainer as trainer
+
+    detected, rollouts = [], []
+    real_masks, real_update = recon_loss.object_masks, trainer._update
+
+    def object_masks(frames, cfg):
+        detected.append(frames.copy())
+        return real_masks(frames, cfg)
+
+    def update(agent, optimizer, config, obs, actions, logprobs, values, advantages, returns, masks_np, device):
+        rollouts.append((obs.clone(), list(masks_np)))
+        return real_update(agent, optimizer, config, obs, actions, logprobs, values, advantages, returns,
+                           masks_np, device)
+
+    monkeypatch.setattr(recon_loss, "object_masks", object_masks)
+    monkeypatch.setattr(trainer, "_update", update)
+    # Two rollouts of 64 steps: the play band stays empty for the first 70-odd steps of a game.
+    config = smoke_config("ppo.num_steps=64", "train.total_frames=1024")
+    train(config, tmp_path / "run", progress=False)
+    newest = [frame for obs, _ in rollouts for frame in obs[:, :, -1].numpy()]
+    assert len(detected) == len(newest) == 2 * config.ppo.num_steps
+    assert sum(not (a == b).all() for a, b in zip(newest[:-1], newest[1:], strict=True)) > 20  # the frames do change
+    for frames, want in zip(detected, newest, strict=True):
+        assert (frames == want).all()
+    for obs, masks in rollouts:
+        for step_obs, step_masks in zip(obs, masks, strict=True):
+            assert (step_masks == real_masks(step_obs[:, -1].numpy(), config.recon)).all()
