@@ -21,10 +21,18 @@ class ConfigError(ValueError):
     """A bad config file, key or value; the message is one line naming the key."""
 
 
+PLAY_BAND = (96, 160, 8, 152)
+"""KungFuMaster's play band in its native 210x160 screen, [top, bottom, left, right]: the 64x144 strip the
+fighters and knives move in, below the score, timer and health bars."""
+
+GAME = "kung_fu_master"
+"""The game this project's perception is tuned for: the play band, the detector's sizes and the RAM map."""
+
+
 @dataclass
 class EnvConfig:
-    game: str = "kung_fu_master"
-    """ALE ROM name (snake_case)."""
+    game: str = GAME
+    """ALE ROM name (snake_case). Another game needs its own env.crop (or env.crop: null and env.resize)."""
     num_envs: int = 8
     """Parallel emulators, stepped together in C++ threads by AtariVectorEnv."""
     num_threads: int = 0
@@ -39,8 +47,9 @@ class EnvConfig:
     """Emulator frames after which a game is truncated (protocol: 108,000 = 30 minutes)."""
     noop_max: int = 0
     """Random no-op steps at each reset (0: the sticky-action protocol needs none)."""
-    crop: list[int] | None = field(default_factory=lambda: [96, 160, 8, 152])
-    """[top, bottom, left, right] rows/columns kept from the native 210x160 screen: the 64x144 play band."""
+    crop: list[int] | None = field(default_factory=lambda: list(PLAY_BAND))
+    """[top, bottom, left, right] rows/columns kept from the native 210x160 screen: by default
+    KungFuMaster's 64x144 play band; null keeps the whole screen (or resizes it, env.resize)."""
     resize: list[int] | None = None
     """[height, width] the emulator resizes the whole screen to (e.g. [84, 84]); needs crop: null."""
 
@@ -55,6 +64,11 @@ class EnvConfig:
         return (self.stack, 210, 160)
 
     def validate(self) -> None:
+        _check(isinstance(self.game, str) and self.game.replace("_", "").isalnum() and self.game.islower(),
+               "env.game", f"{self.game!r} is not an ALE game name (snake_case, e.g. kung_fu_master)")
+        _check(self.game == GAME or self.crop is None or tuple(self.crop) != PLAY_BAND, "env.crop",
+               f"{list(PLAY_BAND)} is KungFuMaster's play band; for env.game {self.game} choose the rows and "
+               f"columns to keep, or env.crop: null with env.resize: [84, 84]")
         _check(self.num_envs >= 1, "env.num_envs", "must be at least 1")
         _check(self.num_threads >= 0, "env.num_threads", "must be 0 (auto) or positive")
         _check(0.0 <= self.repeat_action_probability <= 1.0, "env.repeat_action_probability",
@@ -87,33 +101,14 @@ class ModelConfig:
     head_hidden: int = 256
     """Hidden units of the actor and critic heads (0: a single linear layer each)."""
     normalization: str = "row_contrast"
-    """Input normalization: scale ([0, 1]), channel_mean, pixel_mean (both fitted on the first rollout),
-    running, or row_contrast (each row minus its median, in units of norm_contrast gray levels). See
-    agent/normalization.py; row_contrast keeps knives loud enough for the encoder to keep them."""
+    """Input normalization inside the model: scale ([0, 1]), channel_mean (VGG-style mean subtraction per
+    stacked frame), pixel_mean (minus the mean image; both fitted on the first rollout), running
+    (per-pixel running standardization) or row_contrast (each row minus its background, in units of
+    norm_contrast gray levels). See agent/perception/normalization.py."""
     norm_clip: float = 3.0
     """Clip for standardized inputs (running and row_contrast normalization)."""
     norm_contrast: float = 4.0
-    """row_contrast: gray levels that make one unit of input (a knife is 11 darker than the wall)."""
-    code_layout: str = "dense"
-    """How the tanh code reads the trunk's map: dense (one linear) or columns (column_units per column of
-    the map with weights shared across x, the rest of the code for the whole frame; agent.models
-    ColumnCode). Measured the same knife recall (0.81 against 0.82) with a third of the parameters."""
-    column_units: int = 4
-    """Code units per column of the trunk's map, for code_layout columns (14 columns at 64 x 144)."""
-    refine_channels: int = 0
-    """Channels of the decoder's full-resolution refinement (agent.models.Refine: 3x3 convs on the
-    decoder's logits, added to them); 0 turns it off. At 16 it keeps the column between a knife and a
-    fighter beside it: with the previous weights (knife and ring, no bridges) recon_report recalled 0.902
-    of the knives instead of 0.765, but at 1.8x the training time on a 2-core CPU (in bfloat16) and 1.37x
-    the plain loss's error, which it halves (README, "The decoder's refinement"); with bridges beside
-    the knife at x100 and no ring the report recalled 0.885 at 1.44x in 1,174 s (README, "Bridges").
-    The default weights recall more without it (0.916 at 1.25x at 12,000 steps; 0.927 at 1.20x with the
-    report's present schedule)."""
-    refine_layers: int = 3
-    """3x3 conv layers of the refinement (the last one gives the correction); at least 2."""
-    refine_bf16: bool = True
-    """Run the refinement's convs in bfloat16 where the hardware computes it (CUDA, CPUs with AVX-512 BF16
-    or AMX; elsewhere float32): 2x faster in recon_report's training on this CPU, the same recall and mse."""
+    """row_contrast: gray levels that make one unit of input (a knife is 11 darker than the wall), > 0."""
     locator_cell: list[int] = field(default_factory=lambda: [8, 4])
     """Rows and columns of one cell of the locator's grid (agent.models.Locator): 8 x 36 cells over a
     64 x 144 frame, a knife's 5 x 2 box touching two to four of them."""
@@ -128,16 +123,11 @@ class ModelConfig:
                f"must be one of {', '.join(NORMALIZATIONS)}")
         _check(self.norm_clip > 0, "model.norm_clip", "must be positive")
         _check(self.norm_contrast > 0, "model.norm_contrast", "must be positive")
-        _check(self.code_layout in CODE_LAYOUTS, "model.code_layout", f"must be one of {', '.join(CODE_LAYOUTS)}")
-        _check(self.column_units >= 1, "model.column_units", "must be at least 1")
-        _check(self.refine_channels >= 0, "model.refine_channels", "must be non-negative")
-        _check(self.refine_layers >= 2, "model.refine_layers", "must be at least 2")
         _check(len(self.locator_cell) == 2 and min(self.locator_cell) >= 1, "model.locator_cell",
                "must be two positive integers: rows and columns of a cell")
 
 
 NORMALIZATIONS = ("scale", "channel_mean", "pixel_mean", "running", "row_contrast")
-CODE_LAYOUTS = ("dense", "columns")
 
 
 @dataclass
@@ -195,71 +185,42 @@ class PPOConfig:
 
 @dataclass
 class ReconConfig:
+    """The decoder's and the locator's losses, and the small-object detector both are trained against.
+    How the defaults were measured: docs/experiments/notebook.md."""
+
     coef: float = 1.0
-    """recon_coef: weight of the reconstruction loss in the total loss (0 turns the decoder's loss off)."""
+    """Weight of the decoder's loss in the total loss, >= 0 (0 turns the decoder's loss off)."""
     loss: str = "weighted"
-    """Decoder loss: plain (MSE), weighted (per-pixel weights, higher on small objects) or balanced
-    (object and background pixels each averaged, then added). See agent/recon_loss.py for both."""
+    """Decoder loss: plain (MSE) or weighted (per-pixel weights, higher on small objects and their
+    bridges; agent/perception/weights.py)."""
     object_weight: float = 100.0
-    """weighted: weight of a pixel inside a (grown) small-object box; a background pixel weighs 1.
-    With the locator on (locate_coef), measured by recon_report's training on its 48,000 frames (12,000
-    steps): 100 recalled 0.80-0.82 of the knives at 1.20-1.21x the plain mse (the report itself: 0.765 at
-    1.20x), 200 0.79 at 1.25x, 300 0.81-0.84 at 1.35-1.36x (the report: 0.829 at 1.34x).
-    Without the locator, 100 recalled few (0.1-0.4 at 4,000 steps) and 300 the most per unit of mse."""
-    empty_frame_weight: float = 1.0
-    """weighted and balanced: weight of every pixel of a frame without small objects. Below 1 it
-    raised both the mse and the faint knife-like blobs drawn where there is none (0.5 measured)."""
-    balance: float = 0.25
-    """balanced: weight of the mean error over object pixels next to the mean over background pixels
-    (0.25 measured best for mse among 0.25-2; 1 and more cost over 1.4x the plain mse)."""
+    """weighted: weight of a pixel inside a small object's mask, >= 0; any other pixel weighs 1."""
     mask_grow: int = 0
-    """Pixels each detected box grows by, on every side, before it becomes the weight mask. 1 weighs a
-    ring of wall around each knife as much as the knife; with bridges (bridge_cols) it is not needed:
-    recon_report's training on its cached frames (bridges on, 12,000 steps) recalled 0.844 with the
-    ring and 0.855 without, at mse 0.00117 and 0.00112."""
+    """Pixels each detected box grows by, on every side, before it becomes the object mask, >= 0."""
     bridge_cols: int = 6
-    """weighted (the other losses ignore it): widest run of wall, in columns, between a small object and
-    another sprite beside it that weighs `bridge_weight` (agent.recon_loss.bridge_mask); 0 turns these
-    bridges off. The detector finds a knife flying beside a fighter only if the columns between them are
-    drawn as wall. The report (scripts/recon_report.py) recalled 0.855 with them and no ring (mask_grow
-    0) at 1.17x the plain mse, against 0.765 at 1.20x with the ring alone. The object's margin (see
-    bridge_mask) reaches sprites this many columns away."""
+    """weighted: widest run of wall, in columns, between a small object and a sprite beside it that
+    weighs bridge_weight (agent.perception.weights.bridge_mask); 0 turns these bridges off."""
     bridge_rows: int = 12
-    """weighted: the same as bridge_cols for the wall above and below a small object: the tallest run
-    of wall, in rows, between it and a sprite over or under it (a knife flying over a ducking fighter's
-    head) that weighs `bridge_weight`; 0 turns these off. Runs of 1-2 rows need none: the detector's
-    grouping (detect_group_rows) joins them in the target already. On recon_report's cached frames the
-    knives with a sprite 4-12 rows over or under them were redrawn 0.52 with these, 0.41 without."""
+    """weighted: tallest run of wall, in rows, between a small object and a sprite above or below it that
+    weighs bridge_weight; 0 turns these bridges off."""
     bridge_margin: bool = True
-    """weighted, with bridges on: also weigh a small object's margin where a sprite is near
-    (agent.recon_loss.bridge_mask) as a bridge. On recon_report's cached frames it lifted the knives one
-    wall column from a fighter from 0.10 to 0.46 of them redrawn, and all knives from 0.858 to 0.873."""
+    """weighted, with bridges on: also weigh the object's margin where a sprite is near as a bridge."""
     bridge_weight: float = 200.0
-    """weighted: weight of a bridge pixel (see bridge_cols; the margin weighs as much). On recon_report's
-    cached frames with every kind of bridge, 100 / 200 / 300 recalled 0.873 / 0.915 / 0.900 at mse
-    0.00113 / 0.00117 / 0.00122 (plain: 0.00094); the report itself, at 100 and 200: 0.877 at 1.19x
-    and 0.916 at 1.25x the plain mse, and with --seed 1 0.89994 at 1.23x and 0.859 at 1.32x (12,000
-    steps at a constant learning rate; with the report's present schedule, 200 gave 0.927 at 1.20x)."""
+    """weighted: weight of a bridge or margin pixel, >= 0."""
     aug_noise_std: float = 0.0
-    """Std of Gaussian noise (gray levels, 0-255 scale) added to the encoder's input of the decoder's loss
-    (off: 8 did not help on held-out frames, see recon_report's weighted_noise)."""
+    """Std of Gaussian noise, in gray levels (0-255 scale), added to the encoder's input of the decoder's
+    loss; the target stays clean (a denoising autoencoder). 0: off."""
     aug_shift: int = 0
-    """Random shift (pad then crop, DrQ style) of up to this many pixels; frame, target and mask move
-    together (off: 2 and 4 px cut held-out knife recall to chance and doubled the mse)."""
+    """Random shift (pad, then crop; DrQ style) of up to this many pixels of the decoder loss's frames;
+    frame, target and mask move together. 0: off."""
     decode_share: float = 0.25
-    """Share of each minibatch the decoder's loss reads (and the recon/* scalars describe): the frames
-    that hold an object first, then the others in the minibatch's random order. The decoder costs about
-    what the encoder does: measured on configs/default.yaml (CPU), 0.25 trained at 1.27x the steps/s of
-    1 (ratio 0.147 against 0.116) and learned as well over 240 updates (last 100 games 6,189 against
-    5,681). With knives in about one frame in ten, a quarter of the minibatch holds several times their
-    share."""
+    """Share of each minibatch the decoder's loss reads, in (0, 1]: the frames that hold an object first,
+    then the others in the minibatch's random order."""
     locate_coef: float = 0.05
-    """Weight of the locator's loss (agent.models.Locator: binary cross-entropy of its cells against the
-    object masks) in the total loss, beside recon.coef's decoder loss; 0 turns it off. Measured with
-    recon_report's training (object_weight 300): recall by chance 0.07-0.14 against 0.35 without, at the
-    same recall; 0.5 did no better than 0.05. See agent/recon_loss.py."""
+    """Weight of the locator's loss (binary cross-entropy of its cells against the object masks;
+    agent.models.Locator) in the total loss, >= 0; 0 turns it off."""
     detect_min_contrast: int = 6
-    """Detector: gray levels a pixel must differ from its row's background by (a knife: 11)."""
+    """Detector: gray levels a pixel must differ from its row's background by, 1-255 (a knife: 11)."""
     detect_max_width: int = 20
     """Detector: widest small object, px (dragon fire: 18)."""
     detect_max_height: int = 14
@@ -295,8 +256,6 @@ class ReconConfig:
         _check(self.coef >= 0, "recon.coef", "must be non-negative")
         _check(self.loss in RECON_LOSSES, "recon.loss", f"must be one of {', '.join(RECON_LOSSES)}")
         _check(self.object_weight >= 0, "recon.object_weight", "must be non-negative")
-        _check(self.empty_frame_weight >= 0, "recon.empty_frame_weight", "must be non-negative")
-        _check(self.balance >= 0, "recon.balance", "must be non-negative")
         _check(self.mask_grow >= 0, "recon.mask_grow", "must be non-negative")
         _check(self.bridge_cols >= 0, "recon.bridge_cols", "must be non-negative")
         _check(self.bridge_rows >= 0, "recon.bridge_rows", "must be non-negative")
@@ -313,7 +272,7 @@ class ReconConfig:
         _check(self.detect_group_cols >= 0, "recon.detect_group_cols", "must be non-negative")
 
 
-RECON_LOSSES = ("plain", "weighted", "balanced")
+RECON_LOSSES = ("plain", "weighted")
 
 
 @dataclass
@@ -332,7 +291,7 @@ class TrainConfig:
     """Ask torch for deterministic kernels (resume then continues bit for bit on the CPU)."""
     torch_threads: int = 0
     """CPU threads for torch (0: torch's default). On a small CPU, 1 leaves the cores to the emulators and
-    avoids thread oversubscription, which can make a forward pass 100x slower."""
+    avoids thread oversubscription."""
     eval_every_updates: int = 0
     """Evaluate a snapshot in a background process every this many updates (0: never)."""
     eval_episodes: int = 4
@@ -384,7 +343,12 @@ class Config:
 
     @property
     def num_updates(self) -> int:
-        return max(1, self.train.total_frames // self.frames_per_update)
+        """Updates of a single-process run: train.total_frames in whole rollouts."""
+        return self.updates(1)
+
+    def updates(self, world_size: int) -> int:
+        """Updates of a run of `world_size` data-parallel ranks, whose frames all count to train.total_frames."""
+        return max(1, self.train.total_frames // (self.frames_per_update * world_size))
 
     def validate(self) -> Config:
         for section in dataclasses.fields(self):
@@ -476,6 +440,31 @@ def _parse_override(text: str) -> dict[str, Any]:
         node = node.setdefault(part, {})
     node[parts[-1]] = value
     return tree
+
+
+RETIRED = {
+    "model": {"code_layout": "dense", "column_units": None, "refine_channels": 0, "refine_layers": None,
+              "refine_bf16": None},
+    "recon": {"empty_frame_weight": 1.0, "balance": None},
+}
+"""Keys older versions wrote and this one no longer has, with the value under which dropping them changes
+nothing (None: any value). See docs/experiments/retired.md for what they did and why they went."""
+
+
+def drop_retired(data: dict[str, Any]) -> dict[str, Any]:
+    """A copy of a saved config dict without RETIRED keys; a ConfigError names one that was set to a value
+    this version cannot reproduce (say, a model trained with model.code_layout: columns)."""
+    data = {k: dict(v) if isinstance(v, dict) else v for k, v in data.items()}
+    for section, keys in RETIRED.items():
+        values = data.get(section)
+        if not isinstance(values, dict):
+            continue
+        for key, harmless in keys.items():
+            if key in values:
+                value = values.pop(key)
+                if harmless is not None and value != harmless:
+                    raise ConfigError(f"{section}.{key}: {value!r} is an option this version no longer has")
+    return data
 
 
 def config_from_dict(data: dict[str, Any] | None, overrides: list[str] = ()) -> Config:

@@ -3,7 +3,6 @@ the model's weights take on it."""
 
 from __future__ import annotations
 
-from functools import cache
 from typing import TypeVar
 
 import torch
@@ -23,21 +22,11 @@ def resolve_device(name: str = "auto") -> torch.device:
 
 def memory_format(device: torch.device) -> torch.memory_format:
     """The layout the model's conv weights are kept in on `device`: channels_last on the CPU, where
-    oneDNN's convolutions run faster on it (the reconstruction report's training step: 22 ms against
-    26 ms on 2 cores; PPO training steps/s +6%); the default elsewhere, which no GPU run has measured."""
+    oneDNN's convolutions run faster on it (docs/experiments/notebook.md, "Throughput"); the default
+    elsewhere."""
     return torch.channels_last if device.type == "cpu" else torch.preserve_format
 
 
 def place(module: M, device: torch.device) -> M:
     """`module` moved to `device`, its weights in the layout `memory_format` picks there."""
     return module.to(device, memory_format=memory_format(device))
-
-
-@cache
-def computes_bf16(device: torch.device) -> bool:
-    """Whether `device` runs bfloat16 convolutions in hardware: a CUDA device that supports the type, or a
-    CPU whose oneDNN has bfloat16 kernels (AVX-512 BF16 or AMX). Elsewhere bfloat16 is emulated, slower
-    than float32."""
-    if device.type == "cuda":
-        return torch.cuda.is_bf16_supported()
-    return device.type == "cpu" and torch.ops.mkldnn._is_mkldnn_bf16_supported()

@@ -14,16 +14,6 @@ def run_script(name: str, *args: str, timeout: float = 300):
                           capture_output=True, text=True, timeout=timeout)
 
 
-def load_script(name: str):
-    """scripts/<name>.py as a module, to call its functions in-process (no interpreter start-up)."""
-    import importlib.util
-
-    spec = importlib.util.spec_from_file_location(f"script_{name}", ROOT / "scripts" / f"{name}.py")
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
-
-
 @pytest.fixture
 def smoke_config():
     from agent.config import load_config

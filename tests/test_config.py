@@ -1,6 +1,6 @@
 import pytest
 
-from agent.config import Config, ConfigError, config_from_dict, load_config, save_config
+from agent.config import Config, ConfigError, config_from_dict, drop_retired, load_config, save_config
 
 
 def test_defaults_are_the_play_band_protocol():
@@ -32,11 +32,11 @@ def test_overrides_reach_nested_keys_and_derived_values_follow():
         ({}, ["env.crop=[0, 300, 0, 10]"], "env.crop"),
         ({}, ["ppo.num_minibatches=3"], "ppo.num_minibatches: must divide"),
         ({}, ["model.normalization=whiten"], "model.normalization: must be one of"),
-        ({}, ["model.code_layout=rows"], "model.code_layout: must be one of"),
-        ({}, ["model.column_units=0"], "model.column_units: must be at least 1"),
+        ({}, ["model.code_layout=dense"], "model.code_layout: unknown key"),
+        ({}, ["env.game=pong"], "env.crop: .* is KungFuMaster's play band"),
+        ({}, ["env.game=Kung Fu"], "env.game: 'Kung Fu' is not an ALE game name"),
         ({}, ["recon.decode_share=0"], r"recon.decode_share: must be in \(0, 1\]"),
-        ({}, ["model.refine_channels=-1"], "model.refine_channels: must be non-negative"),
-        ({}, ["model.refine_layers=1"], "model.refine_layers: must be at least 2"),
+        ({}, ["recon.loss=balanced"], "recon.loss: must be one of plain, weighted"),
         ({}, ["model.locator_cell=[8]"], "model.locator_cell: must be two positive integers"),
         ({}, ["model.locator_cell=[0, 4]"], "model.locator_cell: must be two positive integers"),
         ({}, ["recon.locate_coef=-0.1"], "recon.locate_coef: must be non-negative"),
@@ -71,3 +71,19 @@ def test_shipped_configs_load():
 
     for path in (Path(__file__).parents[1] / "configs").glob("*.yaml"):
         load_config(path)
+
+
+def test_another_game_trains_with_a_view_of_its_own():
+    config = config_from_dict(None, ["env.game=pong", "env.crop=null", "env.resize=[84, 84]"])
+    assert config.env.obs_shape == (4, 84, 84)
+    assert config_from_dict(None, ["env.game=pong", "env.crop=[34, 194, 0, 160]"]).env.obs_shape == (4, 160, 160)
+
+
+def test_retired_keys_of_saved_configs_are_dropped_unless_they_changed_the_model():
+    saved = Config().to_dict()
+    saved["model"].update(code_layout="dense", column_units=4, refine_channels=0, refine_bf16=True)
+    saved["recon"].update(empty_frame_weight=1.0, balance=0.25)
+    assert config_from_dict(drop_retired(saved)) == Config()
+    saved["model"]["code_layout"] = "columns"
+    with pytest.raises(ConfigError, match="model.code_layout: 'columns' is an option this version no longer has"):
+        drop_retired(saved)
