@@ -8,6 +8,7 @@ ranges and names the bad key in a one-line `ConfigError`. Derived values are pro
 from __future__ import annotations
 
 import dataclasses
+import math
 import types
 import typing
 from dataclasses import dataclass, field
@@ -231,6 +232,9 @@ class ReconConfig:
     """Detector: rows up and down that join the pieces of one sprite (fighters are drawn with gap rows)."""
     detect_group_cols: int = 0
     """Detector: columns left and right that join pieces (0 keeps a knife flying beside a fighter apart)."""
+    detect_faint_contrast: int = 20
+    """Detector: most gray levels off the background of a pixel of the faint pass, which finds a knife
+    (11 levels) that touches a fighter (60 and more) apart from it; 0 turns the pass off."""
 
     @property
     def needs_masks(self) -> bool:
@@ -270,6 +274,8 @@ class ReconConfig:
         _check(self.detect_min_area >= 1, "recon.detect_min_area", "must be at least 1")
         _check(self.detect_group_rows >= 0, "recon.detect_group_rows", "must be non-negative")
         _check(self.detect_group_cols >= 0, "recon.detect_group_cols", "must be non-negative")
+        _check(self.detect_faint_contrast == 0 or self.detect_min_contrast <= self.detect_faint_contrast <= 255,
+               "recon.detect_faint_contrast", "must be 0 (off) or between recon.detect_min_contrast and 255")
 
 
 RECON_LOSSES = ("plain", "weighted")
@@ -392,8 +398,15 @@ def _coerce(value: Any, annotation: Any, key: str) -> Any:
             raise ConfigError(f"{key}: expected an integer, got {value!r}")
         return value
     if annotation is float:
+        if isinstance(value, str):  # YAML 1.1 reads 1e-4 (no dot) as a string
+            try:
+                value = float(value)
+            except ValueError:
+                pass
         if isinstance(value, bool) or not isinstance(value, (int, float)):
             raise ConfigError(f"{key}: expected a number, got {value!r}")
+        if not math.isfinite(value):
+            raise ConfigError(f"{key}: expected a finite number, got {value}")
         return float(value)
     if annotation is str:
         if not isinstance(value, str):
@@ -420,13 +433,13 @@ def _apply(obj: Any, values: dict[str, Any], prefix: str) -> None:
 
 def _parse_override(text: str) -> dict[str, Any]:
     """'ppo.lr=1e-4' -> {'ppo': {'lr': 0.0001}}; the value is read as YAML."""
-    if "=" not in text:
+    if "=" not in text or not text.split("=", 1)[0].strip():
         raise ConfigError(f"{text}: an override must look like section.key=value")
     dotted, raw = text.split("=", 1)
     try:
         value = yaml.safe_load(raw) if raw.strip() else None
     except yaml.YAMLError as exc:
-        raise ConfigError(f"{dotted}: cannot read value {raw!r}: {exc.problem}") from None
+        raise ConfigError(f"{dotted}: cannot read value {raw!r}: {yaml_problem(exc)}") from None
     # YAML 1.1 reads 1e-4 as a string; accept plain floats in scientific notation too.
     if isinstance(value, str):
         try:
@@ -470,7 +483,7 @@ def drop_retired(data: dict[str, Any]) -> dict[str, Any]:
 def config_from_dict(data: dict[str, Any] | None, overrides: list[str] = ()) -> Config:
     """Builds and validates a Config from a nested dict plus `key=value` overrides."""
     config = Config()
-    if data:
+    if data is not None:
         if not isinstance(data, dict):
             raise ConfigError("config: the file must hold a mapping of sections")
         _apply(config, data, "")
@@ -485,10 +498,19 @@ def load_config(path: str | Path, overrides: list[str] = ()) -> Config:
     if not path.is_file():
         raise ConfigError(f"config: no such file {path}")
     try:
-        data = yaml.safe_load(path.read_text())
+        data = yaml.safe_load(path.read_text(encoding="utf-8"))
+    except UnicodeDecodeError:
+        raise ConfigError(f"config: {path} is not a text file (UTF-8); give a YAML file") from None
     except yaml.YAMLError as exc:
-        raise ConfigError(f"config: {path} is not valid YAML: {exc}") from None
+        raise ConfigError(f"config: {path} is not valid YAML: {yaml_problem(exc)}") from None
     return config_from_dict(data, overrides)
+
+
+def yaml_problem(exc: yaml.YAMLError) -> str:
+    """A YAML error in one line: what is wrong and where (line and column counted from 1)."""
+    problem = getattr(exc, "problem", None) or getattr(exc, "reason", None) or "unreadable"
+    mark = getattr(exc, "problem_mark", None)
+    return f"{problem} at line {mark.line + 1}, column {mark.column + 1}" if mark is not None else problem
 
 
 def save_config(config: Config, path: str | Path) -> None:

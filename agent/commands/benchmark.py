@@ -1,6 +1,6 @@
 """Measure raw emulator throughput and training throughput on the same settings, in one run.
 
-  python scripts/benchmark.py --seconds 30 --json bench.json [--config configs/full.yaml]
+  python scripts/benchmark.py --seconds 30 --json bench.json [--config configs/full.yaml] [--nproc 4]
 
 Three phases, each about --seconds long:
 1. env: the vector env alone, random actions (agent steps/s, all envs together);
@@ -13,11 +13,18 @@ Three phases, each about --seconds long:
 `ratio` = train_sps / env_sps. `profile` splits the training time into policy inference, waiting for the
 emulator, detection (which runs while the emulator steps) and the update, from the timers the training
 loop logs.
+
+With --nproc N, `scaling` adds two more phases of about --seconds each: the train command trains with 1
+rank (`python -m agent.commands.train`) and with N data-parallel ranks (`torchrun --standalone
+--nproc-per-node N`, each rank stepping env.num_envs emulators), in throw-away run folders; each one's
+training frames/s (emulator frames of all ranks) are read from its metrics.csv, from the first update to
+the last (the first pays for warm-up), and `speedup` is the N-rank rate over the 1-rank one.
 """
 
 from __future__ import annotations
 
 import csv
+import subprocess
 import sys
 import tempfile
 import time
@@ -27,7 +34,7 @@ import numpy as np
 import torch
 
 from agent.commands.cli import OneLineParser, positive
-from agent.config import ConfigError, config_from_dict, load_config
+from agent.config import ConfigError, config_from_dict, load_config, save_config
 from agent.device import resolve_device
 from agent.env.game import GameEnv
 from agent.learner.trainer import train
@@ -79,6 +86,42 @@ def train_profile(config, seconds: float) -> dict:
             "profile": {key: round(value / total, 4) for key, value in parts.items()}}
 
 
+def command_rate(config, ranks: int, seconds: float) -> dict:
+    """Runs the train command with `ranks` ranks for about `seconds` in a throw-away folder; returns its
+    training frames/s (all ranks): the frames between the first and the last update's metrics.csv rows
+    over the wall time between them; and the frames and count of its updates."""
+    with tempfile.TemporaryDirectory() as tmp:
+        settings, run = Path(tmp) / "config.yaml", Path(tmp) / "run"
+        save_config(config, settings)
+        launcher = [sys.executable] if ranks == 1 else [
+            sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc-per-node", str(ranks)]
+        argv = [*launcher, "-m", "agent.commands.train", "--config", str(settings), "--run-dir", str(run),
+                "--no-progress"]
+        done = subprocess.run(argv, capture_output=True, text=True, timeout=600 + 10 * seconds)
+        if done.returncode != 0:
+            tail = " | ".join(done.stderr.strip().splitlines()[-3:])
+            raise RuntimeError(f"training with {ranks} rank(s) failed (exit code {done.returncode}): {tail}")
+        with open(run / "metrics.csv") as f:
+            rows = list(csv.DictReader(f))
+    frames = [int(r["frames"]) for r in rows]
+    first, last = (rows[0], rows[-1]) if len(rows) > 1 else ({"frames": 0, "wall_seconds": 0.0}, rows[-1])
+    rate = (int(last["frames"]) - int(first["frames"])) / (float(last["wall_seconds"]) - float(first["wall_seconds"]))
+    return {"frames_per_s": rate, "frames_per_update": frames[0], "updates": len(rows)}
+
+
+def scaling(config, nproc: int, seconds: float) -> dict:
+    """Training frames/s of the train command with 1 and with `nproc` ranks, and the speed-up."""
+    runs = []
+    for ranks in (1, nproc):
+        runs.append(command_rate(config, ranks, seconds))
+        print(f"train, {ranks} rank{'s' if ranks > 1 else ' '}:   {runs[-1]['frames_per_s']:10.0f} frames/s over "
+              f"{runs[-1]['updates']} updates", flush=True)
+    speedup = runs[1]["frames_per_s"] / runs[0]["frames_per_s"]
+    return {"ranks": [1, nproc], "train_frames_per_s": [r["frames_per_s"] for r in runs], "speedup": speedup,
+            "efficiency": speedup / nproc, "frames_per_update": [r["frames_per_update"] for r in runs],
+            "updates": [r["updates"] for r in runs], "envs_per_rank": config.env.num_envs}
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = OneLineParser(__doc__)
     parser.add_argument("--config", type=Path, default=None,
@@ -87,9 +130,12 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--set", action="append", default=[], metavar="KEY=VALUE", dest="overrides")
     parser.add_argument("--seconds", type=positive(float), default=20.0, help="length of each phase")
     parser.add_argument("--json", type=Path, help="also write the results here")
+    parser.add_argument("--nproc", type=positive(int), metavar="N",
+                        help="also train with 1 and with N data-parallel ranks (torchrun) and report the speed-up")
     args = parser.parse_args(argv)
     overrides = [*args.overrides, f"train.time_limit_s={args.seconds}", "train.total_frames=1000000000",
-                 "train.keep_checkpoints=0", "train.checkpoint_every_updates=1000000"]
+                 "train.keep_checkpoints=0", "train.checkpoint_every_updates=1000000",
+                 "train.eval_every_updates=0", "train.video_every_updates=0"]
     try:
         if args.json is not None:
             check_output_file(args.json, "--json")
@@ -109,6 +155,11 @@ def main(argv: list[str] | None = None) -> int:
     print(f"env + detection:  {detected:10.0f} steps/s", flush=True)
     trained = train_profile(config, args.seconds)
     print(f"train:            {trained['train_sps']:10.0f} steps/s over {trained['updates']} updates", flush=True)
+    try:
+        scaled = scaling(config, args.nproc, args.seconds) if args.nproc else None
+    except (RuntimeError, subprocess.TimeoutExpired) as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return 1
     result = {
         "train_sps": trained["train_sps"],
         "env_sps": raw,
@@ -124,9 +175,14 @@ def main(argv: list[str] | None = None) -> int:
         "torch_threads": torch.get_num_threads(),
         "date": time.strftime("%Y-%m-%d"),
     }
+    if scaled is not None:
+        result["scaling"] = scaled
     print(f"ratio train/env:  {result['ratio']:.3f}; detection adds {100 * result['detection_overhead']:.1f}% "
           f"to env stepping")
     print("profile of training time: " + ", ".join(f"{k} {100 * v:.1f}%" for k, v in result["profile"].items()))
+    if scaled is not None:
+        print(f"speed-up with {args.nproc} ranks: {scaled['speedup']:.2f}x ({100 * scaled['efficiency']:.0f}% of "
+              f"linear)")
     if args.json:
         write_json_atomic(result, args.json)
     return 0

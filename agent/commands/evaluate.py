@@ -54,7 +54,7 @@ def main(argv: list[str] | None = None) -> int:
             progress=not args.no_progress,
         )
     except (ValueError, RuntimeError) as exc:  # CheckpointError, ConfigError, OutputPathError are ValueErrors
-        message = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
+        message = (str(exc).strip().splitlines() or ["the evaluation stopped on an error that gave no reason"])[0]
         print(f"error: {message}", file=sys.stderr)
         return 2
 

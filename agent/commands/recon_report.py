@@ -20,6 +20,7 @@ from agent.commands.cli import OneLineParser, positive
 from agent.config import ConfigError
 from agent.device import resolve_device
 from agent.research.recon_report import DEFAULT_VARIANTS, LR_TAIL, VARIANTS, UsageError, base_configs, run_report
+from agent.runs.checkpoint import CheckpointError
 from agent.runs.files import OutputPathError, check_output_dir
 
 
@@ -91,6 +92,9 @@ def main(argv: list[str] | None = None) -> int:
         report = run_report(args, base, model_cfg, out)
     except UsageError as exc:
         print(f"error: {exc}", file=sys.stderr)
+        return 2
+    except CheckpointError as exc:
+        print(f"error: --checkpoint: {exc}", file=sys.stderr)
         return 2
     for name, v in report["variants"].items():
         print(f"{name:>16}: mse {v['mse']:.5f}  small_object_mse {v['small_object_mse']:.5f}  "

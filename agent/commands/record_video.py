@@ -58,8 +58,12 @@ def main(argv: list[str] | None = None) -> int:
             panels=args.panels, greedy=args.greedy, device=args.device, game_scale=args.scale,
             progress=not args.no_progress,
         )
-    except (ValueError, RuntimeError, OSError) as exc:  # CheckpointError and ConfigError are ValueErrors
-        message = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
+    except OSError as exc:  # ffmpeg or the file system, after --out was found writable
+        print(f"error: --out: writing {args.out} failed ({exc.strerror or exc}); check the free space there and "
+              f"run again", file=sys.stderr)
+        return 2
+    except (ValueError, RuntimeError) as exc:  # CheckpointError and ConfigError are ValueErrors
+        message = (str(exc).strip().splitlines() or ["the recording stopped on an error that gave no reason"])[0]
         print(f"error: {message}", file=sys.stderr)
         return 2
     ended = "game over" if summary["game_over"] else "frame cap"

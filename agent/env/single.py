@@ -67,11 +67,11 @@ class SingleGame:
         """The game ended: game over or the frame cap."""
         self.game_over = False
 
-    def reset(self) -> np.ndarray:
-        """Starts the seeded game; returns its first observation (stack, h, w)."""
+    def reset(self, game: int = 0) -> np.ndarray:
+        """Starts the seeded game (env 0's game number `game`); returns its first observation (stack, h, w)."""
         # AtariVectorEnv seeds ALE with the seed itself and reloads the ROM; gym's reset(seed=...) would
         # hash the seed first and give another game.
-        self.ale.setInt("random_seed", np.int32(episode_seed(self.seed, 0, 0)))
+        self.ale.setInt("random_seed", np.int32(episode_seed(self.seed, 0, game)))
         self.env.unwrapped.load_game()
         screen, _ = self.env.reset()
         self._raw[0][:] = screen
@@ -124,6 +124,11 @@ class SingleGame:
     @property
     def lives(self) -> int:
         return int(self.ale.lives())
+
+    @property
+    def ram(self) -> np.ndarray:
+        """The emulator's 128 bytes of RAM now (a copy), for measuring (agent.env.ram)."""
+        return self.ale.getRAM().copy()
 
     def close(self) -> None:
         self.env.close()

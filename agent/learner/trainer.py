@@ -80,7 +80,7 @@ def train(config: Config, run_dir: str | Path, resume: bool = False, max_updates
                unit="frame", unit_scale=True, disable=not (progress and ranks.is_main), dynamic_ncols=True)
     jobs = BackgroundJobs(s.run_dir, config) if ranks.is_main else None
     started, stopped, finished = time.time(), False, False
-    with graceful_interrupt() as interrupt:
+    with graceful_interrupt(announce=ranks.is_main) as interrupt:
         try:
             for update in range(s.update + 1, end_update + 1):
                 update_start = time.time()
@@ -128,7 +128,8 @@ def train(config: Config, run_dir: str | Path, resume: bool = False, max_updates
                     save_session(s)
                 if jobs is not None:
                     jobs.poll(s.logger)
-                    jobs.launch(s.agent, update, s.frames)
+                    if not stopped:
+                        jobs.launch(s.agent, update, s.frames)
                 if stopped:
                     break
             finished = not stopped
@@ -152,12 +153,13 @@ def start_session(config: Config, run_dir: Path, resume: bool, ranks: Ranks) -> 
     """Seeds everything, builds the env, agent and optimizer, and, with `resume`, restores them from the
     run's newest intact checkpoint (the emulators replay their games in progress)."""
     resumed = None
-    if resume:
-        resumed, _ = load_resumable(run_dir)
-        resumed = ranks.own_share(resumed)
+    if resume:  # rank 0 reads the checkpoint and sends it to the others
+        resumed = ranks.own_share(ranks.decided_by_main(lambda: load_resumable(run_dir)[0]))
     if ranks.is_main:
         run_dir.mkdir(parents=True, exist_ok=True)
         save_config(config, run_dir / "config.yaml")
+        # Rows past the checkpoint (or, starting afresh, those of an attempt that died before its first one).
+        truncate_metrics(run_dir, int(resumed["counters"]["update"]) if resumed is not None else 0)
     device = ranks.device(config.train.device)
     if config.train.torch_threads > 0:
         torch.set_num_threads(config.train.torch_threads)
@@ -185,8 +187,6 @@ def start_session(config: Config, run_dir: Path, resume: bool, ranks: Ranks) -> 
         torch.set_rng_state(resumed["rng"]["torch"])
         if device.type == "cuda" and "cuda" in resumed["rng"]:
             torch.cuda.set_rng_state(resumed["rng"]["cuda"], device)
-        if ranks.is_main:
-            truncate_metrics(run_dir, update)
         obs = env.restore(resumed["env"])
     logger = RunLogger(run_dir, recent, games) if ranks.is_main else None
     if update == 0 and ranks.is_main:
@@ -196,8 +196,8 @@ def start_session(config: Config, run_dir: Path, resume: bool, ranks: Ranks) -> 
 
 
 def save_session(s: Session) -> Path:
-    """Writes latest.pt and a numbered copy (`train.keep_checkpoints`); every rank's emulator state and
-    RNG go into the one checkpoint rank 0 writes."""
+    """Writes latest.pt and a numbered copy (`train.keep_checkpoints`). Every rank calls it: every rank's
+    emulator state and RNG go into the one checkpoint rank 0 writes."""
     rng = {"torch": torch.get_rng_state()}
     if s.device.type == "cuda":
         rng["cuda"] = torch.cuda.get_rng_state(s.device)
@@ -267,15 +267,17 @@ def seed_everything(seed: int, deterministic: bool) -> None:
 
 
 @contextmanager
-def graceful_interrupt():
+def graceful_interrupt(announce: bool = True):
     """First Ctrl-C (or SIGTERM) asks the loop to stop after the current update and save; a second Ctrl-C
-    aborts."""
+    aborts. Under torchrun the launcher passes its Ctrl-C on to every rank, and the ranks agree to stop
+    after the same update (`Ranks.any`); `announce` is False on all but rank 0, which says so once."""
     state = {"stop": False}
     previous = {sig: signal.getsignal(sig) for sig in (signal.SIGINT, signal.SIGTERM)}
 
     def handler(signum, frame):
         state["stop"] = True
-        print("\nstopping after this update and saving a checkpoint (Ctrl-C again to abort)", flush=True)
+        if announce:
+            print("\nstopping after this update and saving a checkpoint (Ctrl-C again to abort)", flush=True)
         signal.signal(signal.SIGINT, previous[signal.SIGINT])
 
     try:

@@ -9,11 +9,15 @@
 3. Grouping. A fighter is drawn as pieces split by empty rows, so the foreground is dilated by
    `recon.detect_group_rows` rows up and down (none sideways) and split into 8-connected groups: the
    pieces of one fighter join, and a knife in flight stays its own group unless it touches a fighter.
-4. Size and border limits. A group is a small object when its extent is at most `recon.detect_max_width`
+4. The faint pass. A knife flying into a fighter joins the fighter's group in step 3 and is lost. Its own
+   pixels are faint (11 gray levels off the wall, where fighters are 60 or more), so the grouping runs
+   a second time on the foreground pixels at most `recon.detect_faint_contrast` levels off the
+   background; a small group found there and not in the first pass is added.
+5. Size and border limits. A group is a small object when its extent is at most `recon.detect_max_width`
    x `recon.detect_max_height` with at least `recon.detect_min_area` pixels (dragon fire is 18x4, snakes
    and balls 8x12, a standing fighter over 30 rows tall). A group touching the frame border is dropped:
    its true size is unknown.
-5. Native frames. A 210x160 screen is cut to the play band first (`agent.config.PLAY_BAND`), and boxes
+6. Native frames. A 210x160 screen is cut to the play band first (`agent.config.PLAY_BAND`), and boxes
    come back in the native frame's coordinates. Any other size is taken to be a play-band crop.
 
 Batches are processed in chunks of `CHUNK` frames stacked into one tall image (with empty separator
@@ -112,7 +116,31 @@ def _detect_chunk(frames: np.ndarray, cfg: ReconConfig, offset: int) -> np.ndarr
     tall = frames.reshape(n * h, w)
     diff = cv2.absdiff(tall, np.repeat(_row_background(tall), w, axis=1))
     _, fg = cv2.threshold(diff, cfg.detect_min_contrast - 1, 255, cv2.THRESH_BINARY)
+    boxes = _small_groups(fg, n, h, w, cfg, offset)
+    if cfg.detect_faint_contrast:
+        # The faint pass: a knife touching a fighter joins it in `fg`, but not among the pixels of its
+        # own faint contrast, which no fighter has.
+        faint = cv2.bitwise_and(fg, cv2.inRange(diff, 0, cfg.detect_faint_contrast))
+        extra = _small_groups(faint, n, h, w, cfg, offset)
+        if len(extra):
+            new = ~_overlaps(extra, boxes) if len(boxes) else np.ones(len(extra), dtype=bool)
+            boxes = np.concatenate([boxes, extra[new]])
+            boxes = boxes[np.lexsort(boxes.T[::-1])]
+    return boxes
 
+
+def _overlaps(boxes: np.ndarray, others: np.ndarray) -> np.ndarray:
+    """For each (frame, x, y, w, h) row of `boxes`: whether a row of `others` of the same frame overlaps it."""
+    out = np.zeros(len(boxes), dtype=bool)
+    for k, (i, x, y, w, h) in enumerate(boxes.tolist()):
+        same = others[others[:, 0] == i]
+        out[k] = bool(np.any((same[:, 1] < x + w) & (same[:, 1] + same[:, 3] > x)
+                             & (same[:, 2] < y + h) & (same[:, 2] + same[:, 4] > y)))
+    return out
+
+
+def _small_groups(fg: np.ndarray, n: int, h: int, w: int, cfg: ReconConfig, offset: int) -> np.ndarray:
+    """The groups of the foreground `fg` (n * h, w) that are small objects, as rows (frame, x, y, w, h)."""
     # Each frame gets `rv` empty rows above and below plus one gap row, so that groups never reach
     # into the next frame, and `rh` empty columns either side, so that the dilation is never clipped.
     rv, rh = cfg.detect_group_rows, cfg.detect_group_cols

@@ -9,8 +9,8 @@ a `digest`: the SHA-256 of everything else, key by key and tensor by tensor. Not
 A checkpoint is written to a temp file in the same folder, flushed to disk, renamed over the old one and
 the folder flushed too: a crash or a full disk mid-save leaves the previous file whole. Loading
 recomputes the digest, so a file cut short or with a flipped bit is refused in one line, and a resumed
-run falls back to the newest intact numbered checkpoint (`load_resumable`). Files without a digest (the
-agents exported before it existed) load unverified.
+run falls back to the newest intact numbered checkpoint (`load_resumable`). Format 2 files always carry
+a digest; format 1 files without one (the agents exported before it existed) load unverified.
 """
 
 from __future__ import annotations
@@ -20,6 +20,7 @@ import os
 import re
 import sys
 import tempfile
+import warnings
 from pathlib import Path
 from typing import Any
 
@@ -30,14 +31,24 @@ from agent.device import place
 from agent.models import Agent
 from agent.runs.files import fsync_dir
 
-VERSION = 1
+VERSION = 2
+"""The format this version writes: format 1 with a digest in every file (a format 1 file may lack one)."""
+READABLE = (1, 2)
 NUM_ACTIONS_KEY = "num_actions"
 OPTIONAL_PREFIX = "locator."
 """Weights a checkpoint may lack (see load_weights)."""
 
 
 class CheckpointError(ValueError):
-    """A checkpoint that cannot be used; the message is one line."""
+    """A checkpoint that cannot be used; the message is one line: `problem` (what is wrong), then `hint`
+    (what to do), when there is one."""
+
+    def __init__(self, problem: str, hint: str = ""):
+        super().__init__(f"{problem}; {hint}" if hint else problem)
+        self.problem = problem
+
+
+DAMAGED_HINT = "use an intact copy, such as a numbered update_*.pt of the same run"
 
 
 def content_digest(state: dict[str, Any]) -> str:
@@ -98,44 +109,65 @@ def load_checkpoint(path: str | Path, map_location: str | torch.device = "cpu") 
     """The checkpoint dict at `path`, its digest checked; a CheckpointError says in one line what is wrong."""
     path = Path(path)
     if not path.is_file():
-        raise CheckpointError(f"no checkpoint at {path}")
+        hint = f"give a checkpoint file, such as {path / 'checkpoints' / 'latest.pt'}" if path.is_dir() else ""
+        raise CheckpointError(f"no checkpoint at {path}" + (" (a folder)" if path.is_dir() else ""), hint)
     try:
-        state = torch.load(path, map_location=map_location, weights_only=True)
-    except Exception:  # torch raises several types for a truncated or foreign file
+        with open(path, "rb"):
+            pass
+    except OSError as exc:  # the file system refuses: no permission, say
+        raise CheckpointError(f"cannot read {path} ({exc.strerror or exc})",
+                              "check that the file is readable") from None
+    try:
+        with warnings.catch_warnings():  # torch warns about some damage ("pickle protocol 167") before failing
+            warnings.simplefilter("ignore")
+            state = torch.load(path, map_location=map_location, weights_only=True)
+    except Exception:  # torch raises several types (OSError too) for a truncated or foreign file
         raise CheckpointError(f"{path} is damaged or not a checkpoint: it cannot be read as one (cut short, "
-                              f"overwritten, or another kind of file)") from None
-    if not isinstance(state, dict) or "model" not in state or "config" not in state:
-        raise CheckpointError(f"{path} is not a checkpoint of this project (it holds no model and config)")
-    if state.get("version") != VERSION:
-        raise CheckpointError(f"{path} has checkpoint format {state.get('version')}; this version reads "
-                              f"format {VERSION}")
+                              f"overwritten, or another kind of file)", DAMAGED_HINT) from None
+    if not isinstance(state, dict):
+        raise CheckpointError(f"{path} is damaged or not a checkpoint of this project: it holds no model and "
+                              f"config", "give a file that kungfu-train or kungfu-export-agent wrote")
+    # The digest first: a flipped bit in the version or a key's name is damage, not another kind of file.
     if "digest" in state and state["digest"] != content_digest(state):
-        raise CheckpointError(f"{path} is damaged: its content does not match the digest written with it")
+        raise CheckpointError(f"{path} is damaged: its content does not match the digest written with it",
+                              DAMAGED_HINT)
+    if state.get("version") == VERSION and "digest" not in state:
+        raise CheckpointError(f"{path} is damaged: the digest written with it is gone", DAMAGED_HINT)
+    if "model" not in state or "config" not in state:
+        raise CheckpointError(f"{path} is damaged or not a checkpoint of this project: it holds no model and "
+                              f"config", "give a file that kungfu-train or kungfu-export-agent wrote")
+    if state.get("version") not in READABLE:
+        raise CheckpointError(f"{path} has checkpoint format {state.get('version')}; this version reads "
+                              f"formats {', '.join(map(str, READABLE))}",
+                              "use the version of this project that wrote it")
     return state
 
 
-def load_resumable(run_dir: str | Path, map_location: str | torch.device = "cpu") -> tuple[dict[str, Any], Path]:
+def load_resumable(run_dir: str | Path, map_location: str | torch.device = "cpu",
+                   quiet: bool = False) -> tuple[dict[str, Any], Path]:
     """The newest intact checkpoint of a run, and its path: `latest.pt`, else the numbered ones from the
-    newest down, with a one-line warning on stderr naming the damaged file and the one used. No intact
-    checkpoint is a CheckpointError that lists what was tried."""
+    newest down, with a one-line warning on stderr naming the damaged files and the one used (unless
+    `quiet`: a caller that only peeks before the trainer loads it). No intact checkpoint is a
+    CheckpointError that lists what was tried."""
     folder = Path(run_dir) / "checkpoints"
     candidates = [folder / "latest.pt", *reversed(numbered_checkpoints(Path(run_dir)))]
-    tried: list[str] = []
+    damaged: list[str] = []
     for path in candidates:
         if not path.exists():
             continue
         try:
             state = load_checkpoint(path, map_location)
         except CheckpointError as exc:
-            tried.append(str(exc))
+            damaged.append(exc.problem)
             continue
-        if tried:
-            print(f"warning: {tried[0]}; resuming from {path} instead", file=sys.stderr, flush=True)
+        if damaged and not quiet:
+            print(f"warning: {'; '.join(damaged)}; resuming from {path} instead", file=sys.stderr, flush=True)
         return state, path
-    if not tried:
+    if not damaged:
         raise CheckpointError(f"{run_dir} holds no checkpoint to resume (looked for {folder}/latest.pt and "
-                              f"update_*.pt)")
-    raise CheckpointError(f"{run_dir} holds no intact checkpoint: {'; '.join(tried)}")
+                              f"update_*.pt)", "start a new run with --config")
+    raise CheckpointError(f"{run_dir} holds no intact checkpoint to resume; tried {len(damaged)}: "
+                          f"{'; '.join(damaged)}", "restore one from a copy, or start a new run with --config")
 
 
 def checkpoint_config(state: dict[str, Any]) -> Config:
@@ -150,7 +182,10 @@ def build_agent(state: dict[str, Any], config: Config, device: str | torch.devic
     """The checkpoint's agent, with its weights and normalizer statistics, in eval mode."""
     try:
         agent = Agent(config.env.obs_shape, int(state[NUM_ACTIONS_KEY]), config.model)
-    except (KeyError, TypeError, ValueError) as exc:
+    except KeyError as exc:
+        raise CheckpointError(f"the checkpoint has no {exc.args[0]!r} entry, so it does not describe an agent",
+                              "give a file that kungfu-train or kungfu-export-agent wrote") from None
+    except (TypeError, ValueError) as exc:
         raise CheckpointError(f"the checkpoint does not describe an agent this version can build: {exc}") from None
     try:
         load_weights(agent, state["model"])

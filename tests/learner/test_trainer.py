@@ -93,6 +93,11 @@ def test_periodic_evaluation_and_video_run_in_the_background(tmp_path, smoke_con
     assert len(result["scores"]) == 2 and result["protocol"]["max_episode_frames"] == 200
     assert (run / "videos" / "update_0000002.mp4").stat().st_size > 0
     assert not list((run / "eval").glob("*.pt"))  # snapshots go once their jobs are done
+    # The record names where its agent came from, not the snapshot file that is gone.
+    assert result["source"] == {"run_dir": str(run), "update": 2, "frames": 256}
+    assert result["checkpoint"].startswith(f"{run} at update 2 (256 frames")
+    assert ".pt" not in json.dumps(result)
+    assert latest(run)["counters"]["update"] == result["source"]["update"]
     events = EventAccumulator(str(run / "tb"))
     events.Reload()
     assert [e.step for e in events.Scalars("eval/mean_score")] == [256]

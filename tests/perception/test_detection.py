@@ -145,3 +145,22 @@ def test_boxes_to_masks_grows_and_clips():
 def test_bad_frames_are_rejected(bad):
     with pytest.raises(ValueError):
         detect_small_objects(bad)
+
+
+@pytest.mark.parametrize(("x", "y"), [(48, 37), (41, 23)])  # touching the body; one row over the hair
+def test_the_faint_pass_keeps_a_knife_touching_a_fighter_apart_from_it(x, y):
+    frame = band()
+    plant_fighter(frame, 40, 26)
+    frame[y:y + 2, x:x + 5] = KNIFE
+    assert detect_small_objects(frame) == [(x, y, 5, 2)]
+    assert detect_small_objects(frame, ReconConfig(detect_faint_contrast=0)) == []  # joined to the fighter
+
+
+def test_the_faint_pass_finds_nothing_in_fighters_and_no_second_box_for_an_object():
+    frame = band()
+    plant_fighter(frame, 40, 26)
+    plant_fighter(frame, 90, 26)
+    assert detect_small_objects(frame) == []
+    frame[40:44, 60:63] = 60  # a dark object of 25 levels: found by the main pass only
+    assert detect_small_objects(frame) == [(60, 40, 3, 4)]
+    assert detect_small_objects(frame, ReconConfig(detect_faint_contrast=30)) == [(60, 40, 3, 4)]

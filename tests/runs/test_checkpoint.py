@@ -1,25 +1,17 @@
 import pytest
 import torch
 
-from agent.runs.checkpoint import (
-
-    CheckpointError,
-
-    checkpoint_state,
-
-    load_agent,
-
-    load_checkpoint,
-
-    numbered_path,
-
-    prune_checkpoints,
-
-    save_checkpoint,
-
-)
 from agent.config import Config, config_from_dict
 from agent.models import Agent
+from agent.runs.checkpoint import (
+    CheckpointError,
+    checkpoint_state,
+    load_agent,
+    load_checkpoint,
+    numbered_path,
+    prune_checkpoints,
+    save_checkpoint,
+)
 
 
 def fresh(config: Config | None = None) -> tuple[Agent, Config]:

@@ -1,0 +1,90 @@
+import json
+
+import cv2
+import numpy as np
+import pytest
+import torch
+from conftest import ROOT, run_script
+
+from agent.config import load_config
+from agent.models import Agent
+from agent.research import knife_report as kr
+from agent.runs.checkpoint import checkpoint_state, save_checkpoint
+
+
+def test_balanced_accuracy_weighs_each_class_alike():
+    truth = np.array([0] * 90 + [1] * 10)
+    assert kr.balanced_accuracy(truth, np.zeros(100, int)) == 0.5  # all "no knife": 90% right, half balanced
+    assert kr.balanced_accuracy(truth, truth) == 1.0
+
+
+def test_a_probe_finds_a_linearly_coded_column_and_not_noise():
+    rng = np.random.default_rng(0)
+    labels = rng.integers(0, 4, 400)
+    code = rng.normal(size=(400, 16))
+    code[:, 3] += 6.0 * labels  # the column, written along one unit
+    assert kr.probe_accuracy(code[:300], labels[:300], code[300:], labels[300:], 4) > 0.9
+    noise = rng.normal(size=(400, 16))
+    assert kr.probe_accuracy(noise[:300], labels[:300], noise[300:], labels[300:], 4) < 0.4
+    assert kr.probe_accuracy(code[:300], np.zeros(300, int), code[300:], labels[300:], 4) is None
+
+
+def fake_play(health, lives, knife_at):
+    n = len(health)
+    data = kr.Play()
+    for i in range(n):
+        data.frames.append(np.zeros((4, 64, 144), np.uint8))
+        data.recon.append(np.zeros((64, 144), np.uint8))
+        data.code.append(np.zeros(64, np.float32))
+        data.random_code.append(np.zeros(64, np.float32))
+        data.game.append(0)
+        data.knife.append((60, 33, 5, 2) if i in knife_at else None)
+        data.player.append((70, 30, 8, 34))
+        data.enemies.append([])
+        data.health.append(health[i])
+        data.lives.append(lives[i])
+        data.pose.append(7)
+    data.scores.append(0.0)
+    return data
+
+
+def test_knife_hits_and_deaths_are_told_apart_by_what_took_the_health():
+    # Life 1: a knife hit (-7, a knife on screen the step before), grips (-1 a step), then a blow with no
+    # knife in sight takes the rest; the life is lost to an enemy. Life 2: two knife hits take it all.
+    health = [39, 39, 32, 31, 30, 0, 0, 0, 39, 39, 7, 7, 0, 0, 39]
+    lives = [4] * 8 + [3] * 6 + [2]
+    events = kr.knife_events(fake_play(health, lives, knife_at={1, 9, 11}))
+    assert events["knife_damage_per_game"] == 3
+    assert events["health_lost_per_game"] == {"knife": 7 + 32 + 7, "enemy": 1 + 1 + 30}
+    assert events["deaths_per_game"] == {"all": 2, "knife": 1, "enemy": 1, "time": 0}
+    assert events["knife_hits_per_game"] == 1
+
+
+@pytest.mark.slow
+def test_the_report_on_a_fresh_agent_writes_every_contract_key(tmp_path):
+    config = load_config(ROOT / "configs" / "smoke.yaml")
+    torch.manual_seed(0)
+    agent = Agent(config.env.obs_shape, 14, config.model)
+    checkpoint = tmp_path / "fresh.pt"
+    save_checkpoint(checkpoint_state(agent, config), checkpoint)
+    out = tmp_path / "knives"
+    proc = run_script("knife_report.py", "--checkpoint", str(checkpoint), "--out", str(out), "--games", "2",
+                      "--held-out", "1", "--max-frames", "3000", "--no-progress", timeout=600)
+    assert proc.returncode == 0, proc.stderr
+    report = json.loads((out / "report.json").read_text())
+    for key in ("input_recall", "recon_recall", "recon_false_per_empty", "knife_frames", "knife_hits_per_game"):
+        assert key in report
+    assert set(report["probes"]) == {"present", "row", "column"}
+    for probe in report["probes"].values():
+        assert set(probe) == {"agent", "random_init"}
+    assert report["knife_frames"] > 0 and report["input_recall"] > 0.9  # the detector finds random play's knives
+    assert cv2.imread(str(out / "knives.png")).ndim == 3
+
+
+def test_another_game_is_refused_in_one_line(tmp_path):
+    config = load_config(ROOT / "configs" / "smoke.yaml", ["env.game=pong", "env.crop=null", "env.resize=[84, 84]"])
+    agent = Agent(config.env.obs_shape, 6, config.model)
+    checkpoint = tmp_path / "pong.pt"
+    save_checkpoint(checkpoint_state(agent, config), checkpoint)
+    proc = run_script("knife_report.py", "--checkpoint", str(checkpoint), "--out", str(tmp_path / "k"))
+    assert proc.returncode == 2 and proc.stderr.count("\n") == 1 and "KungFuMaster's RAM" in proc.stderr
