@@ -163,8 +163,9 @@ class PPOConfig:
     """Global gradient-norm clip."""
     reward_clip: bool = True
     """Learn from sign(reward); the logged game score is always the raw one."""
-    life_loss_done: bool = False
-    """Cut bootstrapping at a lost life (learning only; the game goes on)."""
+    life_loss_done: bool = True
+    """Cut bootstrapping at a lost life (learning only; the game goes on and is scored whole): the value
+    of the steps before a death no longer counts the next life's rewards."""
     detach_encoder: bool = False
     """Stop actor and critic gradients at the code: the encoder learns from the decoder and the locator alone."""
 
@@ -220,6 +221,20 @@ class ReconConfig:
     locate_coef: float = 0.05
     """Weight of the locator's loss (binary cross-entropy of its cells against the object masks;
     agent.models.Locator) in the total loss, >= 0; 0 turns it off."""
+    locate_pos_weight: float = 1.0
+    """Weight, in the locator's loss, of a cell that holds an object against an empty one, >= 1 (a knife
+    touches 2-4 of the grid's 288 cells)."""
+    aux_steps: int = 0
+    """Auxiliary steps after each update: this many minibatches of `aux_batch` rollout frames (those with
+    an object first) on which only the decoder's and the locator's losses train the encoder, with a
+    behaviour-cloning term that keeps the policy where the update left it (PPG's auxiliary phase,
+    Cobbe et al. 2021). 0: none."""
+    aux_batch: int = 64
+    """Frames per auxiliary step, >= 1."""
+    aux_clone_coef: float = 0.01
+    """Weight of the auxiliary steps' behaviour-cloning term: the KL divergence from the policy before
+    the auxiliary steps to the policy now, on the same frames, >= 0. It is weighed against recon.coef x
+    the decoder's loss, a few thousandths in size."""
     detect_min_contrast: int = 6
     """Detector: gray levels a pixel must differ from its row's background by, 1-255 (a knife: 11)."""
     detect_max_width: int = 20
@@ -268,6 +283,10 @@ class ReconConfig:
         _check(self.aug_shift >= 0, "recon.aug_shift", "must be non-negative")
         _check(0 < self.decode_share <= 1, "recon.decode_share", "must be in (0, 1]")
         _check(self.locate_coef >= 0, "recon.locate_coef", "must be non-negative")
+        _check(self.locate_pos_weight >= 1, "recon.locate_pos_weight", "must be at least 1")
+        _check(self.aux_steps >= 0, "recon.aux_steps", "must be 0 (off) or positive")
+        _check(self.aux_batch >= 1, "recon.aux_batch", "must be at least 1")
+        _check(self.aux_clone_coef >= 0, "recon.aux_clone_coef", "must be non-negative")
         _check(1 <= self.detect_min_contrast <= 255, "recon.detect_min_contrast", "must be in [1, 255]")
         _check(self.detect_max_width >= 1, "recon.detect_max_width", "must be at least 1")
         _check(self.detect_max_height >= 1, "recon.detect_max_height", "must be at least 1")

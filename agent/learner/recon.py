@@ -41,10 +41,12 @@ def recon_loss(pred: torch.Tensor, target: torch.Tensor, masks: torch.Tensor | N
     return (weight_map(masks, sq.shape, cfg, device=sq.device, target=target) * sq).mean()
 
 
-def locate_loss(locator: Locator, code: torch.Tensor, masks: torch.Tensor) -> torch.Tensor:
+def locate_loss(locator: Locator, code: torch.Tensor, masks: torch.Tensor, pos_weight: float = 1.0) -> torch.Tensor:
     """The locator's loss: binary cross-entropy of its logits for `code` (N, features_dim) against the
-    cells of the grid that the bool object masks (N, h, w) touch."""
-    return torch.nn.functional.binary_cross_entropy_with_logits(locator(code), locator.targets(masks))
+    cells of the grid that the bool object masks (N, h, w) touch, a touched cell weighing `pos_weight`."""
+    weight = torch.tensor(pos_weight, device=code.device) if pos_weight != 1 else None
+    return torch.nn.functional.binary_cross_entropy_with_logits(locator(code), locator.targets(masks),
+                                                                pos_weight=weight)
 
 
 @torch.no_grad()

@@ -26,7 +26,7 @@ from agent.env.game import GameEnv
 from agent.learner.distributed import Ranks, SingleProcess
 from agent.learner.ppo import compute_gae
 from agent.learner.rollout import RolloutBuffer, collect_rollout
-from agent.learner.update import NonFiniteLossError, update_agent
+from agent.learner.update import NonFiniteLossError, aux_update, update_agent
 from agent.models import Agent
 from agent.models.capacity import agent_outputs, capacity_report, format_capacity
 from agent.runs.background import BackgroundJobs
@@ -103,6 +103,7 @@ def train(config: Config, run_dir: str | Path, resume: bool = False, max_updates
                     fit_locator_prior(s)
                 stats = update_agent(s.agent, s.optimizer, s.buffer, advantages, returns, config,
                                      ranks.gradient_averager(s.agent))
+                stats |= aux_update(s.agent, s.optimizer, s.buffer, config, ranks.gradient_averager(s.agent))
                 ranks.update_normalizer(s.agent.normalizer, s.buffer.obs.flatten(0, 1))
                 s.buffer.timers["update"] = time.perf_counter() - tick
                 s.update = update

@@ -1,12 +1,16 @@
-"""The update: PPO epochs over shuffled minibatches of a rollout (A2C: one full-batch step).
+"""The update: PPO epochs over shuffled minibatches of a rollout (A2C: one full-batch step), then, with
+`recon.aux_steps`, the auxiliary steps.
 
 Loss = policy loss - ppo.ent_coef x entropy + ppo.vf_coef x value loss + recon.coef x the decoder's loss
 + recon.locate_coef x the locator's loss. Advantages are normalized per minibatch, the policy and value
-losses clipped (PPO), the gradient's global norm clipped.
+losses clipped (PPO), the gradient's global norm clipped. The auxiliary steps (`aux_update`) train on the
+rollout's frames with objects: recon.coef x the decoder's loss + recon.locate_coef x the locator's +
+recon.aux_clone_coef x KL(policy before them || policy now).
 """
 
 from __future__ import annotations
 
+import dataclasses
 import math
 from collections.abc import Callable
 
@@ -56,8 +60,8 @@ def update_agent(agent: Agent, optimizer: torch.optim.Optimizer, buffer: Rollout
             v_loss = value_loss(new.value, b_values[idx], b_returns[idx], clip if cfg.clip_vloss else None)
             entropy = new.entropy.mean()
             mb_masks = b_masks[idx] if b_masks is not None else None
-            l_loss = (recon.locate_loss(agent.locator, new.code, mb_masks) if config.recon.locates
-                      else torch.zeros((), device=device))
+            l_loss = (recon.locate_loss(agent.locator, new.code, mb_masks, config.recon.locate_pos_weight)
+                      if config.recon.locates else torch.zeros((), device=device))
             r_loss, pred, target, dec_masks = recon.decoder_loss(agent, new.code, mb_obs, mb_masks, config.recon)
             loss = (pg_loss - cfg.ent_coef * entropy + cfg.vf_coef * v_loss + config.recon.coef * r_loss
                     + config.recon.locate_coef * l_loss)
@@ -90,3 +94,51 @@ def update_agent(agent: Agent, optimizer: torch.optim.Optimizer, buffer: Rollout
         float(1 - (b_returns - b_values).var() / var_returns) if var_returns > 0 else math.nan
     )
     return stats
+
+
+def aux_update(agent: Agent, optimizer: torch.optim.Optimizer, buffer: RolloutBuffer, config: Config,
+               average_gradients: Callable[[], None] | None = None) -> dict[str, float]:
+    """`recon.aux_steps` steps of the decoder's and the locator's losses, each on `recon.aux_batch` frames
+    drawn from the rollout's frames with an object and as many without, the policy held in place by a
+    behaviour-cloning KL term; returns `losses/aux_*` scalars. No-op (an empty dict) without masks."""
+    cfg = config.recon
+    masks = buffer.object_masks()
+    if cfg.aux_steps == 0 or masks is None:
+        return {}
+    obs = buffer.obs.flatten(0, 1)
+    device = obs.device
+    # The pool: every frame with an object, and as many without (at least aux_batch frames in all).
+    has_object = masks.flatten(1).any(dim=1)
+    with_object = has_object.nonzero().flatten()
+    without = (~has_object).nonzero().flatten()
+    keep = max(len(with_object), cfg.aux_batch - len(with_object))
+    pool = torch.cat([with_object, without[torch.randperm(len(without), device=device)[:keep]]])
+    agent.train()
+    with torch.no_grad():  # the policy the auxiliary steps must not move
+        old_logits = torch.cat([agent.actor(agent.encode(obs[part])) for part in pool.split(256)])
+    totals = {"losses/aux_recon": 0.0, "losses/aux_locate": 0.0, "losses/aux_clone": 0.0}
+    whole = dataclasses.replace(cfg, decode_share=1.0)
+    for step in range(cfg.aux_steps):
+        pick = torch.randint(len(pool), (min(cfg.aux_batch, len(pool)),), device=device)
+        idx = pool[pick]
+        mb_obs, mb_masks = obs[idx], masks[idx]
+        code = agent.encode(mb_obs)
+        r_loss, *_ = recon.decoder_loss(agent, code, mb_obs, mb_masks, whole)
+        l_loss = (recon.locate_loss(agent.locator, code, mb_masks, cfg.locate_pos_weight) if cfg.locates
+                  else torch.zeros((), device=device))
+        clone = torch.nn.functional.kl_div(torch.log_softmax(agent.actor(code), -1),
+                                           torch.log_softmax(old_logits[pick], -1), log_target=True,
+                                           reduction="batchmean")
+        loss = cfg.coef * r_loss + cfg.locate_coef * l_loss + cfg.aux_clone_coef * clone
+        if not torch.isfinite(loss):
+            raise NonFiniteLossError(f"the auxiliary loss became non-finite at step {step + 1}; the last "
+                                     f"checkpoint is kept as it was")
+        optimizer.zero_grad(set_to_none=True)
+        loss.backward()
+        if average_gradients is not None:
+            average_gradients()
+        torch.nn.utils.clip_grad_norm_(agent.parameters(), config.ppo.max_grad_norm)
+        optimizer.step()
+        for key, value in (("losses/aux_recon", r_loss), ("losses/aux_locate", l_loss), ("losses/aux_clone", clone)):
+            totals[key] += value.item() / cfg.aux_steps
+    return totals

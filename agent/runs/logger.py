@@ -17,7 +17,8 @@ from torch.utils.tensorboard import SummaryWriter
 COLUMNS = [
     "update", "frames", "charts/game_score_mean100", "charts/games", "charts/sps", "charts/lr",
     "losses/policy", "losses/value", "losses/entropy", "losses/recon", "losses/locate", "losses/approx_kl",
-    "losses/clip_fraction", "recon/mse", "recon/small_object_mse", "recon/small_object_recall", "recon/located",
+    "losses/clip_fraction", "losses/aux_recon", "losses/aux_locate", "losses/aux_clone", "recon/mse",
+    "recon/small_object_mse", "recon/small_object_recall", "recon/located",
     "diagnostics/explained_variance", "diagnostics/code_saturation", "diagnostics/time_policy_s",
     "diagnostics/time_env_s", "diagnostics/time_detect_s", "diagnostics/time_update_s", "wall_seconds",
 ]

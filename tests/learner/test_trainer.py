@@ -155,3 +155,58 @@ def test_the_rollout_detects_each_stored_observation_while_the_emulator_steps(tm
     for obs, masks in rollouts:
         for step_obs, step_masks in zip(obs, masks, strict=True):
             assert (step_masks == real_masks(step_obs[:, -1].numpy(), config.recon)).all()
+
+
+def planted_buffer(config, n_steps=4, n_envs=8):
+    """A rollout of wall frames, every other one with a knife, and its masks."""
+    from agent.learner.rollout import RolloutBuffer
+
+    obs = torch.full((n_steps, n_envs, *config.env.obs_shape), 85, dtype=torch.uint8)
+    obs[..., 50:64, 60:68] = 200  # a fighter's legs
+    obs[::2, :, :, 33:35, 30:35] = 74
+    masks = [(obs[t, :, -1] == 74).numpy() for t in range(n_steps)]
+    buffer = RolloutBuffer.allocate(config, obs[0].numpy(), torch.device("cpu"))
+    buffer.obs, buffer.masks = obs, masks
+    return buffer
+
+
+def test_auxiliary_steps_train_the_decoder_on_object_frames_and_the_clone_term_holds_the_policy(smoke_config):
+    from agent.learner.update import aux_update
+    from agent.models import Agent
+
+    kl = {}
+    for clone in (0.0, 10.0):
+        config = smoke_config("recon.aux_steps=12", "recon.aux_batch=8", f"recon.aux_clone_coef={clone}",
+                              "ppo.num_steps=4", "env.num_envs=8")
+        torch.manual_seed(0)
+        agent = Agent(config.env.obs_shape, 14, config.model)
+        with torch.no_grad():
+            agent.actor[-1].weight.mul_(300)  # a decided policy, which the encoder's changes can move
+        optimizer = torch.optim.Adam(agent.parameters(), lr=1e-3)
+        buffer = planted_buffer(config)
+        frames = buffer.obs.flatten(0, 1)
+        before = torch.log_softmax(agent.actor(agent.encode(frames)), -1).detach()
+        first = aux_update(agent, optimizer, buffer, config)
+        last = aux_update(agent, optimizer, buffer, config)
+        assert last["losses/aux_recon"] < first["losses/aux_recon"]  # the decoder learns
+        after = torch.log_softmax(agent.actor(agent.encode(frames)), -1).detach()
+        kl[clone] = torch.nn.functional.kl_div(after, before, log_target=True, reduction="batchmean").item()
+    assert kl[10.0] < 0.5 * kl[0.0]
+    none = smoke_config("recon.aux_steps=0")
+    assert aux_update(Agent(none.env.obs_shape, 14, none.model), optimizer, planted_buffer(none), none) == {}
+
+
+def test_the_locators_positive_weight_raises_the_loss_of_a_missed_object():
+    from agent.learner.recon import locate_loss
+    from agent.models import Locator
+
+    locator = Locator(64, (64, 144), (8, 4))
+    masks = torch.zeros(2, 64, 144, dtype=torch.bool)
+    masks[0, 33:35, 30:35] = True
+    code = torch.zeros(2, 64)
+    plain, weighted = locate_loss(locator, code, masks), locate_loss(locator, code, masks, pos_weight=20.0)
+    cells = locator.targets(masks)
+    logits = locator(code)
+    expected = torch.nn.functional.binary_cross_entropy_with_logits(logits, cells, reduction="none")
+    expected = torch.where(cells > 0, 20.0 * expected, expected).mean()
+    assert weighted.item() == pytest.approx(expected.item(), rel=1e-6) and weighted > plain

@@ -1,0 +1,72 @@
+"""Does the agent's own code hold the knives? Plays a checkpoint's own protocol games and measures, with the
+emulator's RAM as the truth of each knife's place (agent.research.knife_report).
+
+  kungfu-knife-report --checkpoint runs/default/checkpoints/latest.pt --out runs/default/knives [--games 6]
+
+Writes DIR/report.json: input_recall (the detector on the input), recon_recall (the detector on the
+decoder's picture, of the knives found in the input; recon_recall_all of all), recon_false_per_empty,
+knife_frames, knife_hits_per_game (lives lost to a knife), deaths and health lost by cause, and probes
+(present, row, column; each for the agent's code and a random-init encoder's, balanced accuracy on the
+held-out games); and DIR/knives.png (frames where the agent dodged a knife and where one hit it).
+KungFuMaster checkpoints only (the RAM map is that game's).
+"""
+
+from __future__ import annotations
+
+import sys
+from pathlib import Path
+
+import torch
+
+from agent.commands.cli import OneLineParser, positive
+from agent.env.protocol import PROTOCOL_MAX_FRAMES
+from agent.research.knife_report import ReportError, knife_report
+from agent.runs.checkpoint import CheckpointError, load_agent
+from agent.runs.files import OutputPathError, check_output_dir, write_json_atomic
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = OneLineParser(__doc__)
+    parser.add_argument("--checkpoint", type=Path, required=True, help="a checkpoint file (.pt)")
+    parser.add_argument("--out", type=Path, required=True, help="folder for report.json and knives.png")
+    parser.add_argument("--games", type=positive(int), default=6, help="protocol games to play (default 6)")
+    parser.add_argument("--held-out", type=positive(int), default=2,
+                        help="the last games, on which the probes are scored (default 2)")
+    parser.add_argument("--max-frames", type=positive(int), default=PROTOCOL_MAX_FRAMES, metavar="F",
+                        help=f"emulator frames per game at most (default the protocol's {PROTOCOL_MAX_FRAMES:,})")
+    parser.add_argument("--seed", type=int, default=0, help="seeds the games and the action sampling")
+    parser.add_argument("--threads", type=positive(int), default=1, help="torch threads (default 1)")
+    parser.add_argument("--no-progress", action="store_true", help="no progress bar")
+    args = parser.parse_args(argv)
+    torch.set_num_threads(args.threads)
+    try:
+        out = check_output_dir(args.out, "--out")
+        agent, config = load_agent(args.checkpoint)
+        report = knife_report(agent, config, out, games=args.games, held_out=args.held_out, seed=args.seed,
+                              max_frames=args.max_frames, progress=not args.no_progress,
+                              checkpoint=str(args.checkpoint))
+    except (CheckpointError, ReportError, OutputPathError) as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return 2
+    write_json_atomic(report, out / "report.json")
+    p = report["probes"]
+    print(f"knife frames {report['knife_frames']} of {report['frames']}; detector on the input finds "
+          f"{_f(report['input_recall'])} (within 3 px of a fighter {_f(report['input_recall_near_fighter'])}); the "
+          f"decoder redraws {_f(report['recon_recall'])} of those, with {_f(report['recon_false_per_empty'])} "
+          f"false boxes per knife-free frame")
+    print(f"probes (agent / random init): present {_f(p['present']['agent'])} / {_f(p['present']['random_init'])}, "
+          f"row {_f(p['row']['agent'])} / {_f(p['row']['random_init'])}, column {_f(p['column']['agent'])} / "
+          f"{_f(p['column']['random_init'])}")
+    d = report["deaths_per_game"]
+    print(f"per game: {report['knife_damage_per_game']:.1f} knife hits, deaths {d['all']:.1f} (knife {d['knife']:.1f}, "
+          f"enemy {d['enemy']:.1f}, timer {d['time']:.1f}); scores {', '.join(f'{s:,.0f}' for s in report['scores'])}")
+    print(f"wrote {out / 'report.json'} and {out / 'knives.png'} in {report['seconds']:.0f} s")
+    return 0
+
+
+def _f(value: float | None) -> str:
+    return "n/a" if value is None else f"{value:.3f}"
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,1 @@
+"""Watching an agent: evaluation under the protocol, gameplay videos and the curves of runs."""
