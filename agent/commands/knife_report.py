@@ -60,6 +60,8 @@ def main(argv: list[str] | None = None) -> int:
     d = report["deaths_per_game"]
     print(f"per game: {report['knife_damage_per_game']:.1f} knife hits, deaths {d['all']:.1f} (knife {d['knife']:.1f}, "
           f"enemy {d['enemy']:.1f}, timer {d['time']:.1f}); scores {', '.join(f'{s:,.0f}' for s in report['scores'])}")
+    g = report["encoder_gradients"]
+    print("gradient norm at the encoder: " + ", ".join(f"{k} {v:.2g}" for k, v in g.items()))
     print(f"wrote {out / 'report.json'} and {out / 'knives.png'} in {report['seconds']:.0f} s")
     return 0
 

@@ -19,6 +19,8 @@ emulator's RAM as the truth of where each knife is (`agent.env.ram`).
    was on screen the step before; a life lost right after a knife hit (no other loss of health between)
    is a death by knife (`knife_hits_per_game`). Deaths are also told apart by what took the last health
    (knife, enemy) or, with health left, the timer.
+5. What trains the code: each loss term's gradient norm at the encoder, on a minibatch of the agent's
+   own rollout (`agent.research.gradients`).
 """
 
 from __future__ import annotations
@@ -42,6 +44,7 @@ from agent.env.single import SingleGame
 from agent.models import Agent
 from agent.perception.detection import detect_boxes
 from agent.perception.matching import MATCH_TOLERANCE, match_objects
+from agent.research.gradients import encoder_gradient_norms
 
 HIGH_LOW_ROW = 140
 """Native screen row between the high throw (y about 129) and the low one (about 152)."""
@@ -390,6 +393,7 @@ def knife_report(agent: Agent, config: Config, out: Path, games: int = 6, held_o
         "scores": events["scores"],
         "probes": probes(data, config, held_out),
         "code_saturation": float((np.abs(np.stack(data.code)) > 0.99).mean()),
+        "encoder_gradients": encoder_gradient_norms(agent, config, seed),
         "settings": {"games": games, "held_out": held_out, "seed": seed, "max_frames": max_frames,
                      "match_tolerance_px": MATCH_TOLERANCE, "recon": dataclasses.asdict(config.recon)},
         "seconds": round(time.time() - started, 1),

@@ -88,3 +88,18 @@ def test_another_game_is_refused_in_one_line(tmp_path):
     save_checkpoint(checkpoint_state(agent, config), checkpoint)
     proc = run_script("knife_report.py", "--checkpoint", str(checkpoint), "--out", str(tmp_path / "k"))
     assert proc.returncode == 2 and proc.stderr.count("\n") == 1 and "KungFuMaster's RAM" in proc.stderr
+
+
+def test_each_loss_terms_pull_on_the_encoder_scales_with_its_coefficient():
+    from agent.research.gradients import encoder_gradient_norms
+
+    config = load_config(ROOT / "configs" / "smoke.yaml")
+    scaled = load_config(ROOT / "configs" / "smoke.yaml", ["recon.coef=10", "ppo.vf_coef=0"])
+    torch.manual_seed(0)
+    agent = Agent(config.env.obs_shape, 14, config.model)
+    # Six rollouts of 16 steps: the play band is empty for the first 70-odd steps of a game.
+    base = encoder_gradient_norms(agent, config, seed=1, rollouts=6, minibatch=32)
+    more = encoder_gradient_norms(agent, scaled, seed=1, rollouts=6, minibatch=32)
+    assert set(base) == {"policy", "value", "entropy", "decoder", "locator"}
+    assert base["decoder"] > 0 and more["decoder"] == pytest.approx(10 * base["decoder"], rel=1e-4)
+    assert more["value"] == 0 and more["policy"] == pytest.approx(base["policy"], rel=1e-5)
