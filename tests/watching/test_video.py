@@ -136,3 +136,15 @@ def test_bad_options_are_one_line_and_exit_code_2(args, fresh_checkpoint, capsys
     assert len(err.strip().splitlines()) == 1 and err.startswith("error: ")
 
 
+
+
+def test_the_reconstruction_panel_says_when_the_decoder_has_not_learned_yet():
+    from agent.watching.video import recon_title
+
+    frame = np.full((64, 144), 85, np.uint8)
+    frame[30:60, 40:48] = 214
+    flat = np.full((64, 144), 85 / 255, np.float32)
+    assert recon_title(flat, frame) == "reconstruction: flat, the decoder has not learned yet"
+    learned = frame.astype(np.float32) / 255
+    learned[31, 41] = 0.0
+    assert recon_title(learned, frame) == f"reconstruction (decoder), mse {(214 / 255) ** 2 / (64 * 144):.5f}"
