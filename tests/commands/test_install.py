@@ -1,5 +1,6 @@
 import json
 import os
+import shutil
 import subprocess
 import sys
 
@@ -10,9 +11,13 @@ from conftest import ROOT
 @pytest.mark.slow
 def test_a_non_editable_install_trains_with_a_background_evaluation_from_another_folder(tmp_path):
     # `pip install .` copies the package: nothing may reach back into the checkout (scripts/, configs/).
+    source = tmp_path / "source"  # a copy, so that the build leaves nothing in the checkout
+    shutil.copytree(ROOT / "agent", source / "agent", ignore=shutil.ignore_patterns("__pycache__"))
+    for name in ("pyproject.toml", "README.md"):
+        shutil.copy(ROOT / name, source / name)
     site = tmp_path / "site"
     subprocess.run([sys.executable, "-m", "pip", "install", "-q", "--no-deps", "--no-build-isolation",
-                    "--target", str(site), str(ROOT)], check=True, capture_output=True, timeout=300)
+                    "--target", str(site), str(source)], check=True, capture_output=True, timeout=300)
     elsewhere = tmp_path / "elsewhere"
     elsewhere.mkdir()
     (elsewhere / "tiny.yaml").write_text((ROOT / "configs" / "smoke.yaml").read_text())

@@ -1,1 +1,0 @@
-"""Watching an agent: evaluation under the protocol, gameplay videos and the curves of runs."""
