@@ -2,18 +2,10 @@
 
     kungfu-diagnose-channels --out DIR [--checkpoint CKPT] [--seed 0] [--quick]
 
-1. The agent: weight magnitude per input channel of every layer that reads a multi-channel map (the
-   first conv over the frame stack, the trunk, the code layer and the heads after the encoder), and the
-   loss change when each stacked frame is ablated, on frames of random play. A fresh agent always; a
-   trained one as well with --checkpoint.
-2. The oracle experiment: a synthetic two-class segmentation task, C = 512 distractor channels plus one
-   oracle channel equal to the mask. Accuracy, and the oracle's share of weight magnitude and of ablation
-   importance, as its scale, the distractors' scale and normalization, its alignment and the head change.
-3. Up to 2**20 (about a million) channels with the per-pixel linear head a 1x1 conv is.
-4. Net surgery: the head hand-set to the oracle alone, its gradient there, and how far training moves it.
-5. Normalization: raw / scaled / mean-subtracted / standardized inputs for a dense and an image-level task,
-   and what each of the agent's normalizations does to the 5x2 knife of contrast 11/255.
-6. The agent's parameters per layer against the data's degrees of freedom.
+The agent's input channels (weights and ablation, a fresh agent and, with --checkpoint, a trained
+one), the oracle-channel experiment among 512 distractors, up to 2**20 channels, net surgery, input
+normalization and capacity: the experiments of agent.research.channels, listed in
+agent/research/channels_report.py.
 
 Writes DIR/report.json, DIR/summary.md and the plots beside them. --quick shrinks everything (seconds;
 for smoke tests): its numbers show that the code runs, not what the experiments find.
