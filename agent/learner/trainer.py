@@ -9,6 +9,7 @@ run folder.
 from __future__ import annotations
 
 import csv
+import os
 import random
 import signal
 import time
@@ -38,6 +39,7 @@ from agent.runs.checkpoint import (
     prune_checkpoints,
     save_checkpoint,
 )
+from agent.runs.files import fsync_dir
 from agent.runs.logger import RunLogger
 
 __all__ = ["CheckpointWriteError", "NonFiniteLossError", "train"]
@@ -64,6 +66,8 @@ class Session:
     update: int = 0
     frames: int = 0
     """Emulator frames of experience so far, summed over all envs of all ranks."""
+    started: float = 0.0
+    """time.time() of the run's start, as if it had never stopped: the run's wall seconds are now - started."""
 
 
 def train(config: Config, run_dir: str | Path, resume: bool = False, max_updates: int | None = None,
@@ -116,7 +120,7 @@ def train(config: Config, run_dir: str | Path, resume: bool = False, max_updates
                         "update": update, "frames": s.frames, "charts/sps": sps,
                         "charts/lr": s.optimizer.param_groups[0]["lr"], **stats,
                         **{f"diagnostics/time_{key}_s": value for key, value in s.buffer.timers.items()},
-                        "wall_seconds": time.time() - started,
+                        "wall_seconds": time.time() - s.started,
                     })
                     bar.update(config.frames_per_update * ranks.world_size)
                     bar.set_postfix(score=f"{s.logger.score_mean:.0f}", sps=f"{sps:.0f}", refresh=False)
@@ -171,6 +175,7 @@ def start_session(config: Config, run_dir: Path, resume: bool, ranks: Ranks) -> 
     ranks.synchronize_start(agent, config.train.seed)
     optimizer = torch.optim.Adam(agent.parameters(), lr=config.ppo.lr, eps=1e-5)
     update = frames = games = 0
+    wall_seconds = 0.0
     recent: list[float] = []
     if resumed is None:
         obs = env.reset()
@@ -185,15 +190,17 @@ def start_session(config: Config, run_dir: Path, resume: bool, ranks: Ranks) -> 
         counters = resumed["counters"]
         update, frames, games = int(counters["update"]), int(counters["frames"]), int(counters["games"])
         recent = counters["recent_scores"].tolist()
+        wall_seconds = float(counters.get("wall_seconds", 0.0))  # older checkpoints lack it
         torch.set_rng_state(resumed["rng"]["torch"])
         if device.type == "cuda" and "cuda" in resumed["rng"]:
             torch.cuda.set_rng_state(resumed["rng"]["cuda"], device)
         obs = env.restore(resumed["env"])
-    logger = RunLogger(run_dir, recent, games) if ranks.is_main else None
+    logger = RunLogger(run_dir, recent, games, frames) if ranks.is_main else None
     if update == 0 and ranks.is_main:
         print_capacity(agent, config, ranks.world_size)
     buffer = RolloutBuffer.allocate(config, obs, device)
-    return Session(config, run_dir, device, env, agent, optimizer, buffer, logger, ranks, update, frames)
+    return Session(config, run_dir, device, env, agent, optimizer, buffer, logger, ranks, update, frames,
+                   time.time() - wall_seconds)
 
 
 def save_session(s: Session) -> Path:
@@ -208,6 +215,7 @@ def save_session(s: Session) -> Path:
         optimizer=s.optimizer.state_dict(),
         rng=rng,
         counters={"update": s.update, "frames": s.frames, "games": logger.games if logger else 0,
+                  "wall_seconds": time.time() - s.started,
                   "recent_scores": torch.tensor(list(logger.recent_scores) if logger else [], dtype=torch.float64)},
         env=s.env.state_dict(),
     )
@@ -255,8 +263,15 @@ def truncate_metrics(run_dir: Path, last_update: int) -> None:
     if not rows:
         return
     kept = [rows[0]] + [r for r in rows[1:] if r and r[0].isdigit() and int(r[0]) <= last_update]
-    with open(path, "w", newline="") as f:
+    if len(kept) == len(rows):
+        return
+    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")  # a crash mid-write leaves the old file whole
+    with open(tmp, "w", newline="") as f:
         csv.writer(f).writerows(kept)
+        f.flush()
+        os.fsync(f.fileno())
+    os.replace(tmp, path)
+    fsync_dir(path.parent)
 
 
 def seed_everything(seed: int, deterministic: bool) -> None:

@@ -25,7 +25,10 @@ COLUMNS = [
 
 
 class RunLogger:
-    def __init__(self, run_dir: Path, recent_scores: list[float] = (), games: int = 0):
+    """metrics.csv and TensorBoard of a run, continued from `frames` (those of the checkpoint a resumed run
+    loaded, 0 for a new run): TensorBoard hides the events an earlier attempt wrote past them."""
+
+    def __init__(self, run_dir: Path, recent_scores: list[float] = (), games: int = 0, frames: int = 0):
         self.run_dir = Path(run_dir)
         path = self.run_dir / "metrics.csv"
         header = None
@@ -37,7 +40,7 @@ class RunLogger:
         self._csv = csv.DictWriter(self._file, fieldnames=header or COLUMNS, extrasaction="ignore")
         if header is None:
             self._csv.writeheader()
-        self.tb = SummaryWriter(str(self.run_dir / "tb"))
+        self.tb = SummaryWriter(str(self.run_dir / "tb"), purge_step=frames + 1 if frames else None)
         self.recent_scores: deque[float] = deque(recent_scores, maxlen=100)
         self.games = games
 

@@ -1,6 +1,7 @@
 """Faults a run survives: a latest.pt cut short, overwritten with random bytes or with a flipped bit, a
 process killed (SIGKILL) in the middle of a save, a full disk. Each leaves a run that resumes."""
 
+import csv
 import errno
 import io
 import random
@@ -14,6 +15,7 @@ from pathlib import Path
 import pytest
 import torch
 from conftest import ROOT, run_script
+from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
 
 import agent.commands.train as train_command
 from agent.config import load_config
@@ -111,6 +113,39 @@ def test_no_intact_checkpoint_is_one_error_line_that_says_what_was_tried(run, ca
         assert str(run / name) in err
     assert "start a new run with --config" in err
     assert "RuntimeError" not in err and "UnpicklingError" not in err
+
+
+def test_a_resume_from_an_older_checkpoint_replaces_the_logged_updates_after_it(run):
+    # A crash after update 2 was logged but before it was saved: the run resumes from update 1, and
+    # update 2 is trained again. Its first log must not stay beside the second.
+    (run / LATEST).unlink()
+    (run / UPDATE_2).unlink()
+    first = (run / "metrics.csv").read_text().splitlines()
+    assert [line.split(",")[0] for line in first[1:]] == ["1", "2"]
+    resumes_to_update_3(run)
+    again = (run / "metrics.csv").read_text().splitlines()
+    assert again[:2] == first[:2]
+    tb = EventAccumulator(str(run / "tb"))
+    tb.Reload()
+    assert [event.step for event in tb.Scalars("losses/policy")] == [128, 256, 384]
+
+
+def test_a_resume_from_an_older_checkpoint_replaces_the_log_of_the_updates_after_it(run):
+    # A crash after update 2 was logged but before it was saved: the run resumes from update 1 and trains
+    # update 2 again. Its first log (metrics.csv row, TensorBoard events) must not stay beside the second,
+    # and the run's wall seconds go on from the checkpoint's.
+    (run / LATEST).unlink()
+    (run / UPDATE_2).unlink()
+    first = (run / "metrics.csv").read_text().splitlines()
+    assert [line.split(",")[0] for line in first[1:]] == ["1", "2"]
+    saved_wall = load_checkpoint(run / UPDATE_1)["counters"]["wall_seconds"]
+    resumes_to_update_3(run)
+    rows = list(csv.DictReader(io.StringIO((run / "metrics.csv").read_text())))
+    assert (run / "metrics.csv").read_text().splitlines()[:2] == first[:2]
+    assert float(rows[1]["wall_seconds"]) > saved_wall > 0
+    tb = EventAccumulator(str(run / "tb"))
+    tb.Reload()
+    assert [event.step for event in tb.Scalars("losses/policy")] == [128, 256, 384]
 
 
 @pytest.mark.slow  # about 10 s: a subprocess that trains one update
