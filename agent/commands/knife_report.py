@@ -58,8 +58,9 @@ def main(argv: list[str] | None = None) -> int:
           f"row {_f(p['row']['agent'])} / {_f(p['row']['random_init'])}, column {_f(p['column']['agent'])} / "
           f"{_f(p['column']['random_init'])}")
     d = report["deaths_per_game"]
-    print(f"per game: {report['knife_damage_per_game']:.1f} knife hits, deaths {d['all']:.1f} (knife {d['knife']:.1f}, "
-          f"enemy {d['enemy']:.1f}, timer {d['time']:.1f}); scores {', '.join(f'{s:,.0f}' for s in report['scores'])}")
+    print(f"per game: {report['knife_damage_per_game']:.1f} knives hit the player; lives lost {d['all']:.1f} (to a "
+          f"knife {d['knife']:.1f}, to an enemy {d['enemy']:.1f}, to the timer {d['time']:.1f}); "
+          f"scores {', '.join(f'{s:,.0f}' for s in report['scores'])}")
     g = report["encoder_gradients"]
     print("gradient norm at the encoder: " + ", ".join(f"{k} {v:.2g}" for k, v in g.items()))
     print(f"wrote {out / 'report.json'} and {out / 'knives.png'} in {report['seconds']:.0f} s")

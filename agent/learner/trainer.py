@@ -68,6 +68,8 @@ class Session:
     """Emulator frames of experience so far, summed over all envs of all ranks."""
     started: float = 0.0
     """time.time() of the run's start, as if it had never stopped: the run's wall seconds are now - started."""
+    aux_optimizer: torch.optim.Optimizer | None = None
+    """The auxiliary phase's own Adam (recon.aux_steps > 0): PPO's momentum must not drive its steps."""
 
 
 def train(config: Config, run_dir: str | Path, resume: bool = False, max_updates: int | None = None,
@@ -88,7 +90,9 @@ def train(config: Config, run_dir: str | Path, resume: bool = False, max_updates
         try:
             for update in range(s.update + 1, end_update + 1):
                 update_start = time.time()
-                set_learning_rate(s.optimizer, config, update, num_updates)
+                for optimizer in (s.optimizer, s.aux_optimizer):
+                    if optimizer is not None:
+                        set_learning_rate(optimizer, config, update, num_updates)
 
                 # Rollout.
                 s.frames = collect_rollout(s.agent, s.env, s.buffer, config, s.frames, ranks.game_over(s.logger),
@@ -107,7 +111,8 @@ def train(config: Config, run_dir: str | Path, resume: bool = False, max_updates
                     fit_locator_prior(s)
                 stats = update_agent(s.agent, s.optimizer, s.buffer, advantages, returns, config,
                                      ranks.gradient_averager(s.agent))
-                stats |= aux_update(s.agent, s.optimizer, s.buffer, config, ranks.gradient_averager(s.agent))
+                if s.aux_optimizer is not None:
+                    stats |= aux_update(s.agent, s.aux_optimizer, s.buffer, config, ranks.gradient_averager(s.agent))
                 ranks.update_normalizer(s.agent.normalizer, s.buffer.obs.flatten(0, 1))
                 s.buffer.timers["update"] = time.perf_counter() - tick
                 s.update = update
@@ -174,6 +179,8 @@ def start_session(config: Config, run_dir: Path, resume: bool, ranks: Ranks) -> 
     agent = place(Agent(config.env.obs_shape, env.num_actions, config.model), device)
     ranks.synchronize_start(agent, config.train.seed)
     optimizer = torch.optim.Adam(agent.parameters(), lr=config.ppo.lr, eps=1e-5)
+    aux_optimizer = (torch.optim.Adam(agent.parameters(), lr=config.ppo.lr, eps=1e-5) if config.recon.aux_steps > 0
+                     else None)
     update = frames = games = 0
     wall_seconds = 0.0
     recent: list[float] = []
@@ -183,6 +190,8 @@ def start_session(config: Config, run_dir: Path, resume: bool, ranks: Ranks) -> 
         try:
             agent.load_state_dict(resumed["model"])
             optimizer.load_state_dict(resumed["optimizer"])
+            if aux_optimizer is not None and "aux_optimizer" in resumed:  # absent from older checkpoints
+                aux_optimizer.load_state_dict(resumed["aux_optimizer"])
         except (RuntimeError, ValueError, KeyError) as exc:
             first = str(exc).strip().splitlines()[0]
             raise CheckpointError(f"{run_dir} was trained with another architecture of the agent (older runs lack "
@@ -200,7 +209,7 @@ def start_session(config: Config, run_dir: Path, resume: bool, ranks: Ranks) -> 
         print_capacity(agent, config, ranks.world_size)
     buffer = RolloutBuffer.allocate(config, obs, device)
     return Session(config, run_dir, device, env, agent, optimizer, buffer, logger, ranks, update, frames,
-                   time.time() - wall_seconds)
+                   time.time() - wall_seconds, aux_optimizer)
 
 
 def save_session(s: Session) -> Path:
@@ -213,6 +222,7 @@ def save_session(s: Session) -> Path:
     state = checkpoint_state(
         s.agent, s.config,
         optimizer=s.optimizer.state_dict(),
+        **({"aux_optimizer": s.aux_optimizer.state_dict()} if s.aux_optimizer is not None else {}),
         rng=rng,
         counters={"update": s.update, "frames": s.frames, "games": logger.games if logger else 0,
                   "wall_seconds": time.time() - s.started,

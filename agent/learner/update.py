@@ -100,7 +100,10 @@ def aux_update(agent: Agent, optimizer: torch.optim.Optimizer, buffer: RolloutBu
                average_gradients: Callable[[], None] | None = None) -> dict[str, float]:
     """`recon.aux_steps` steps of the decoder's and the locator's losses, each on `recon.aux_batch` frames
     drawn from the rollout's frames with an object and as many without, the policy held in place by a
-    behaviour-cloning KL term; returns `losses/aux_*` scalars. No-op (an empty dict) without masks."""
+    behaviour-cloning KL term; returns `losses/aux_*` scalars. No-op (an empty dict) without masks.
+
+    `optimizer` is the phase's own, not PPO's: an Adam whose momentum PPO's steps set would carry PPO's
+    direction into these steps, whose gradients are a hundredth of PPO's."""
     cfg = config.recon
     masks = buffer.object_masks()
     if cfg.aux_steps == 0 or masks is None:

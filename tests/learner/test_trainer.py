@@ -17,9 +17,11 @@ def latest(run_dir):
     return load_checkpoint(run_dir / "checkpoints" / "latest.pt")
 
 
-def test_resumed_training_equals_uninterrupted_training(tmp_path, smoke_config):
+@pytest.mark.parametrize("aux_steps", [0, 2])
+def test_resumed_training_equals_uninterrupted_training(tmp_path, smoke_config, aux_steps):
     # A 120-frame cap makes games end (and reseed) inside the run, so the replay is exercised too.
-    config = smoke_config("train.total_frames=512", "env.max_episode_frames=120")
+    config = smoke_config("train.total_frames=512", "env.max_episode_frames=120", f"recon.aux_steps={aux_steps}",
+                          "recon.aux_batch=8")
     train(config, tmp_path / "whole", progress=False)
     train(config, tmp_path / "split", max_updates=2, progress=False)
     assert latest(tmp_path / "split")["counters"]["update"] == 2
@@ -29,8 +31,9 @@ def test_resumed_training_equals_uninterrupted_training(tmp_path, smoke_config):
     assert whole["counters"]["games"] == split["counters"]["games"] > 0
     for key, value in whole["model"].items():
         assert torch.equal(value, split["model"][key]), key
-    for a, b in zip(whole["optimizer"]["state"].values(), split["optimizer"]["state"].values(), strict=True):
-        assert torch.equal(a["exp_avg"], b["exp_avg"])
+    for name in ("optimizer", "aux_optimizer")[: 2 if aux_steps else 1]:
+        for a, b in zip(whole[name]["state"].values(), split[name]["state"].values(), strict=True):
+            assert torch.equal(a["exp_avg"], b["exp_avg"])
     with open(tmp_path / "split" / "metrics.csv") as f:
         rows = list(csv.DictReader(f))
     assert [row["update"] for row in rows] == ["1", "2", "3", "4"]
@@ -194,6 +197,18 @@ def test_auxiliary_steps_train_the_decoder_on_object_frames_and_the_clone_term_h
     assert kl[10.0] < 0.5 * kl[0.0]
     none = smoke_config("recon.aux_steps=0")
     assert aux_update(Agent(none.env.obs_shape, 14, none.model), optimizer, planted_buffer(none), none) == {}
+
+
+def test_the_auxiliary_phase_steps_its_own_optimizer_and_leaves_ppos_alone(tmp_path, smoke_config):
+    # Smoke: 2 updates of 1 epoch x 2 minibatches; 3 auxiliary steps each. Adam counts its steps per parameter.
+    config = smoke_config("recon.aux_steps=3", "recon.aux_batch=8")
+    train(config, tmp_path / "aux", progress=False)
+    state = latest(tmp_path / "aux")
+    ppo_steps = {float(v["step"]) for v in state["optimizer"]["state"].values()}
+    aux_steps = {float(v["step"]) for v in state["aux_optimizer"]["state"].values()}
+    assert ppo_steps == {4.0} and aux_steps == {6.0}
+    train(smoke_config(), tmp_path / "plain", progress=False)
+    assert "aux_optimizer" not in latest(tmp_path / "plain")
 
 
 def test_the_locators_positive_weight_raises_the_loss_of_a_missed_object():
