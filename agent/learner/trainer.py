@@ -9,7 +9,7 @@ run folder.
 from __future__ import annotations
 
 import csv
-import os
+import io
 import random
 import signal
 import time
@@ -39,7 +39,7 @@ from agent.runs.checkpoint import (
     prune_checkpoints,
     save_checkpoint,
 )
-from agent.runs.files import fsync_dir
+from agent.runs.files import write_text_atomic
 from agent.runs.logger import RunLogger
 
 __all__ = ["CheckpointWriteError", "NonFiniteLossError", "train"]
@@ -275,13 +275,9 @@ def truncate_metrics(run_dir: Path, last_update: int) -> None:
     kept = [rows[0]] + [r for r in rows[1:] if r and r[0].isdigit() and int(r[0]) <= last_update]
     if len(kept) == len(rows):
         return
-    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")  # a crash mid-write leaves the old file whole
-    with open(tmp, "w", newline="") as f:
-        csv.writer(f).writerows(kept)
-        f.flush()
-        os.fsync(f.fileno())
-    os.replace(tmp, path)
-    fsync_dir(path.parent)
+    text = io.StringIO()
+    csv.writer(text).writerows(kept)
+    write_text_atomic(text.getvalue(), path)  # a crash mid-write leaves the old file whole
 
 
 def seed_everything(seed: int, deterministic: bool) -> None:

@@ -60,14 +60,19 @@ def fsync_dir(path: str | Path) -> None:
 
 
 def write_json_atomic(data: dict[str, Any], path: str | Path) -> None:
-    """Writes JSON to a temp file in the same folder, then renames: a reader never sees half a file.
-    NaN and infinities become null, which strict JSON readers accept."""
+    """Writes JSON whole or not at all (`write_text_atomic`). NaN and infinities become null, which strict
+    JSON readers accept."""
+    write_text_atomic(json.dumps(finite(data), indent=2) + "\n", path)
+
+
+def write_text_atomic(text: str, path: str | Path) -> None:
+    """Writes `text` as it is (no newline translation) to a temp file in the same folder, flushes it to
+    disk, then renames it over `path` and flushes the folder: a reader, or a crash, never sees half a file."""
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
-    text = json.dumps(finite(data), indent=2) + "\n"
     tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")  # same folder: the rename is atomic
     try:
-        with open(tmp, "w") as f:
+        with open(tmp, "w", newline="") as f:
             f.write(text)
             f.flush()
             os.fsync(f.fileno())
