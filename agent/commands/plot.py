@@ -20,12 +20,12 @@ from agent.runs.files import check_output_file
 from agent.watching.plotting import plot_run_dirs
 
 
-def parse_group(text: str) -> tuple[str, list[Path]]:
-    """'name=dir1,dir2' -> ('name', [dir1, dir2])."""
+def parse_group(text: str, option: str = "--group") -> tuple[str, list[Path]]:
+    """'name=dir1,dir2' -> ('name', [dir1, dir2]); a malformed one is a ValueError naming `option`."""
     name, sep, dirs = text.partition("=")
     paths = [Path(d) for d in dirs.split(",") if d]
     if not sep or not name or not paths:
-        raise ValueError(f"--group {text!r}: expected NAME=RUN_DIR,RUN_DIR,...")
+        raise ValueError(f"{option} {text!r}: expected NAME=RUN_DIR,RUN_DIR,...")
     return name, paths
 
 

@@ -25,6 +25,7 @@ from conftest import ROOT
 from hypothesis import HealthCheck, assume, example, given, settings
 from hypothesis import strategies as st
 
+import agent.commands.ablation as ablation
 import agent.commands.benchmark as benchmark
 import agent.commands.diagnose_channels as diagnose_channels
 import agent.commands.evaluate as evaluate
@@ -524,6 +525,7 @@ COMMANDS = {
     "record_video": (record_video.main, ["--checkpoint", "TINY", "--out", "OUT"], "--out",
                      (record_video, "record_checkpoint_video"), ".mp4"),
     "plot": (plot.main, ["RUN", "--out", "OUT"], "--out", (plot, "plot_run_dirs"), ".png"),
+    "ablation": (ablation.main, ["--variant", "VARIANT", "--out", "OUT"], "--out", (ablation, "summarize"), ".json"),
     "export_agent": (export_agent.main, ["--checkpoint", "TINY", "--out", "OUT"], "--out",
                      (export_agent, "load_checkpoint"), ".pt"),
     "benchmark": (benchmark.main, ["--config", SMOKE, "--seconds", 1, "--json", "OUT"], "--json",
@@ -537,7 +539,7 @@ COMMANDS = {
 
 
 def command_argv(name: str, out: Path, tiny: Path, run: Path) -> list:
-    replace = {"OUT": out, "TINY": tiny, "RUN": run}
+    replace = {"OUT": out, "TINY": tiny, "RUN": run, "VARIANT": f"variant={run}"}
     return [replace.get(a, a) if isinstance(a, str) else a for a in COMMANDS[name][1]]
 
 
