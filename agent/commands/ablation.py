@@ -7,6 +7,7 @@ mean and spread over seeds, as JSON (and, with --plot, their score curves as ban
 Each RUN_DIR holds metrics.csv and config.yaml as training leaves them, evaluations under eval/*.json
 (kungfu-evaluate --json; the newest checkpoint's counts) and, if measured, knife_report.json (the report.json
 of kungfu-knife-report). The last-100-games scores are also read at equal frames (the shortest run's).
+A variant given as NAME= (no folders) is listed with no runs.
 """
 
 from __future__ import annotations
@@ -28,10 +29,13 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--out", type=Path, required=True, metavar="JSON", help="the summary to write")
     parser.add_argument("--plot", type=Path, metavar="PNG", help="also draw each variant's score as a band")
     args = parser.parse_args(argv)
-    try:
-        variants = dict(parse_group(text, "--variant") for text in args.variant)
-    except ValueError as exc:
-        parser.error(str(exc))
+    variants = {}
+    for text in args.variant:
+        name = text.partition("=")[0]
+        try:  # "NAME=" lists a variant not run yet
+            variants.update([(name, [])] if name and text == f"{name}=" else [parse_group(text, "--variant")])
+        except ValueError as exc:
+            parser.error(str(exc))
     try:
         check_output_file(args.out, "--out", suffix=".json")
         if args.plot:
@@ -39,7 +43,7 @@ def main(argv: list[str] | None = None) -> int:
         summary = summarize(variants)
         write_json_atomic(summary, args.out)
         if args.plot:
-            plot_run_dirs([], args.plot, variants)
+            plot_run_dirs([], args.plot, {name: dirs for name, dirs in variants.items() if dirs})
     except (OSError, ValueError) as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 2

@@ -84,9 +84,10 @@ def spread(values: list[float | None]) -> dict[str, float | int | None]:
 
 def summarize(variants: dict[str, list[str | Path]]) -> dict[str, Any]:
     """`{"equal_frames", "variants": {name: [run_summary, ...]}, "over_seeds": {name: {figure: spread}}}`
-    for the runs of each variant; equal frames are the frames the shortest of all runs reached."""
-    if not variants or not all(variants.values()):
-        raise ValueError("give each variant at least one run folder")
+    for the runs of each variant (a variant may have none yet); equal frames are the frames the shortest of
+    all runs reached."""
+    if not any(variants.values()):
+        raise ValueError("give at least one run folder")
     equal = min(final_frames(load_run(d)) for dirs in variants.values() for d in dirs)
     runs = {name: [run_summary(d, equal) for d in dirs] for name, dirs in variants.items()}
     over_seeds = {name: {key: spread([r[key] for r in rows]) for key in AVERAGED} for name, rows in runs.items()}

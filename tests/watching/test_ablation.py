@@ -58,19 +58,21 @@ def test_the_command_writes_the_contracts_summary_and_a_band_per_variant(tmp_pat
     plain = write_run(tmp_path / "p1", 1, [None, 5, 6], eval_mean=7.0)
     out, png = tmp_path / "abl" / "summary.json", tmp_path / "abl" / "scores.png"
     result = run_script("ablation_summary.py", "--variant", f"knife_aware={runs[0]},{runs[1]}",
-                        "--variant", f"plain={plain}", "--out", str(out), "--plot", str(png))
+                        "--variant", f"plain={plain}", "--variant", "not_run=", "--out", str(out), "--plot", str(png))
     assert result.returncode == 0, result.stderr
     assert "knife_aware: last-100 30 (14) n=2" in result.stdout
     data = json.loads(out.read_text())
     for run in data["variants"]["knife_aware"] + data["variants"]["plain"]:
         assert {"seed", "frames", "score_mean100", "eval_mean", "knife_hits_per_game"} <= set(run)
     assert [r["eval_mean"] for r in data["variants"]["knife_aware"]] == [30.0, 60.0]
+    assert data["variants"]["not_run"] == [] and data["over_seeds"]["not_run"]["eval_mean"]["n"] == 0
     assert png.stat().st_size > 10_000
 
 
 @pytest.mark.parametrize("variant, message", [
     ("nameless", "--variant 'nameless': expected NAME=RUN_DIR,RUN_DIR,..."),
     ("v=MISSING", "no run folder at MISSING"),
+    ("v=", "give at least one run folder"),
 ])
 def test_bad_variants_are_one_line_errors(variant, message, tmp_path):
     missing = str(tmp_path / "missing")
