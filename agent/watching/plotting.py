@@ -181,7 +181,8 @@ def _score_panel(ax: plt.Axes, runs: list[RunData], colours: list, groups: list[
             continue
         colour = plt.get_cmap("Dark2")(i % 8)
         x, mean, low, high = band
-        ax.plot(x, mean, color=colour, lw=2.2, label=f"{group.name}: mean of {len(group.runs)} runs")
+        count = f"{len(group.runs)} run" + ("s" if len(group.runs) > 1 else "")
+        ax.plot(x, mean, color=colour, lw=2.2, label=f"{group.name}: mean of {count}")
         ax.fill_between(x, low, high, color=colour, alpha=0.25, label=f"{group.name}: lowest to highest run")
         drawn += [float(low.min()), float(high.max())]
     if not drawn:
