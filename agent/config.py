@@ -253,8 +253,14 @@ class ReconConfig:
 
     @property
     def needs_masks(self) -> bool:
-        """Whether the losses read object masks (the decoder's, unless plain, and the locator's)."""
-        return self.loss != "plain" or self.locates
+        """Whether the losses read object masks (the decoder's, when on and not plain, and the locator's):
+        without them the rollout detects nothing."""
+        return (self.decodes and self.loss != "plain") or self.locates
+
+    @property
+    def decodes(self) -> bool:
+        """Whether the decoder's loss is on (without it the decoder is not run)."""
+        return self.coef > 0
 
     @property
     def bridges(self) -> bool:

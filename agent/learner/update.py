@@ -2,7 +2,7 @@
 `recon.aux_steps`, the auxiliary steps.
 
 Loss = policy loss - ppo.ent_coef x entropy + ppo.vf_coef x value loss + recon.coef x the decoder's loss
-+ recon.locate_coef x the locator's loss. Advantages are normalized per minibatch, the policy and value
++ recon.locate_coef x the locator's loss (a term whose coefficient is 0 is not computed). Advantages are normalized per minibatch, the policy and value
 losses clipped (PPO), the gradient's global norm clipped. The auxiliary steps (`aux_update`) train on the
 rollout's frames with objects: recon.coef x the decoder's loss + recon.locate_coef x the locator's +
 recon.aux_clone_coef x KL(policy before them || policy now).
@@ -62,7 +62,11 @@ def update_agent(agent: Agent, optimizer: torch.optim.Optimizer, buffer: Rollout
             mb_masks = b_masks[idx] if b_masks is not None else None
             l_loss = (recon.locate_loss(agent.locator, new.code, mb_masks, config.recon.locate_pos_weight)
                       if config.recon.locates else torch.zeros((), device=device))
-            r_loss, pred, target, dec_masks = recon.decoder_loss(agent, new.code, mb_obs, mb_masks, config.recon)
+            if config.recon.decodes:
+                r_loss, pred, target, dec_masks = recon.decoder_loss(agent, new.code, mb_obs, mb_masks,
+                                                                     config.recon)
+            else:
+                r_loss = torch.zeros((), device=device)
             loss = (pg_loss - cfg.ent_coef * entropy + cfg.vf_coef * v_loss + config.recon.coef * r_loss
                     + config.recon.locate_coef * l_loss)
             if not torch.isfinite(loss):
@@ -83,9 +87,9 @@ def update_agent(agent: Agent, optimizer: torch.optim.Optimizer, buffer: Rollout
                 totals[key] = totals.get(key, 0.0) + value.item()
             count += 1
     stats = {key: value / count for key, value in totals.items()}
-    # The reconstruction scalars describe the last minibatch the decoder read.
-    for key, value in recon_stats(pred.detach(), target, dec_masks, config.recon).items():
-        stats[f"recon/{key}"] = value
+    if config.recon.decodes:  # the reconstruction scalars describe the last minibatch the decoder read
+        for key, value in recon_stats(pred.detach(), target, dec_masks, config.recon).items():
+            stats[f"recon/{key}"] = value
     if config.recon.locates:
         stats["recon/located"] = recon.located_share(agent.locator, new.code.detach(), mb_masks)
     stats["diagnostics/code_saturation"] = float((new.code.detach().abs() > 0.99).float().mean())
@@ -126,7 +130,8 @@ def aux_update(agent: Agent, optimizer: torch.optim.Optimizer, buffer: RolloutBu
         idx = pool[pick]
         mb_obs, mb_masks = obs[idx], masks[idx]
         code = agent.encode(mb_obs)
-        r_loss, *_ = recon.decoder_loss(agent, code, mb_obs, mb_masks, whole)
+        r_loss = (recon.decoder_loss(agent, code, mb_obs, mb_masks, whole)[0] if cfg.decodes
+                  else torch.zeros((), device=device))
         l_loss = (recon.locate_loss(agent.locator, code, mb_masks, cfg.locate_pos_weight) if cfg.locates
                   else torch.zeros((), device=device))
         clone = torch.nn.functional.kl_div(torch.log_softmax(agent.actor(code), -1),

@@ -20,8 +20,9 @@ from agent.models import Agent
 def encoder_gradient_norms(agent: Agent, config: Config, seed: int = 0, rollouts: int = 2,
                            minibatch: int = 256) -> dict[str, float]:
     """Gradient norms at the encoder of the policy, value (x ppo.vf_coef), entropy (x ppo.ent_coef),
-    decoder (x recon.coef) and locator (x recon.locate_coef) terms, on `minibatch` frames of the last of
-    `rollouts` rollouts of the config's size played by `agent` from games of `seed`."""
+    decoder (x recon.coef) and locator (x recon.locate_coef) terms (these two when their coefficient is
+    above 0), on `minibatch` frames of the last of `rollouts` rollouts of the config's size played by
+    `agent` from games of `seed`."""
     env = GameEnv(config.env, seed)
     buffer = RolloutBuffer.allocate(config, env.reset(), torch.device("cpu"))
     with torch.random.fork_rng():  # the actions are sampled from `seed`, the caller's stream is left alone
@@ -50,9 +51,10 @@ def encoder_gradient_norms(agent: Agent, config: Config, seed: int = 0, rollouts
         "value": cfg.vf_coef * value_loss(new.value, buffer.values.flatten()[idx], returns.flatten()[idx],
                                           cfg.clip_coef),
         "entropy": cfg.ent_coef * new.entropy.mean(),
-        "decoder": config.recon.coef * recon.decoder_loss(agent, new.code, obs, masks, config.recon)[0],
     }
-    if masks is not None:
+    if config.recon.decodes:
+        terms["decoder"] = config.recon.coef * recon.decoder_loss(agent, new.code, obs, masks, config.recon)[0]
+    if config.recon.locates:
         terms["locator"] = config.recon.locate_coef * recon.locate_loss(agent.locator, new.code, masks,
                                                                          config.recon.locate_pos_weight)
     params = list(agent.encoder.parameters())

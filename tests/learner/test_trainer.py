@@ -60,6 +60,23 @@ def test_a2c_and_detached_encoder_train(tmp_path, smoke_config):
     assert not torch.equal(before["actor.2.bias"], state["model"]["actor.2.bias"])
 
 
+def test_without_the_decoders_and_the_locators_losses_nothing_is_detected_or_decoded(tmp_path, smoke_config,
+                                                                                    monkeypatch):
+    config = smoke_config("recon.coef=0", "recon.locate_coef=0")
+    assert config.recon.loss == "weighted" and not config.recon.needs_masks
+    assert smoke_config("recon.coef=0").recon.needs_masks  # the locator alone still reads the masks
+
+    def refuse(*args, **kwargs):
+        raise AssertionError("run with its coefficient at 0")
+
+    monkeypatch.setattr(recon_loss, "decoder_loss", refuse)
+    monkeypatch.setattr("agent.perception.weights.detect_boxes", refuse)
+    train(config, tmp_path / "run", progress=False)
+    with open(tmp_path / "run" / "metrics.csv") as f:
+        rows = list(csv.DictReader(f))
+    assert len(rows) == 2 and all(row["recon/mse"] == "" and float(row["losses/recon"]) == 0 for row in rows)
+
+
 def test_non_finite_loss_stops_and_keeps_the_last_checkpoint(tmp_path, smoke_config, monkeypatch):
     config = smoke_config("train.total_frames=384")
     run = tmp_path / "nan"
