@@ -1,11 +1,11 @@
 """The update: PPO epochs over shuffled minibatches of a rollout (A2C: one full-batch step), then, with
 `recon.aux_steps`, the auxiliary steps.
 
-Loss = policy loss - ppo.ent_coef x entropy + ppo.vf_coef x value loss + recon.coef x the decoder's loss
-+ recon.locate_coef x the locator's loss (a term whose coefficient is 0 is not computed). Advantages are
-normalized per minibatch, the policy and value losses clipped (PPO), the gradient's global norm clipped. The auxiliary steps (`aux_update`) train on the
-rollout's frames with objects: recon.coef x the decoder's loss + recon.locate_coef x the locator's +
-recon.aux_clone_coef x KL(policy before them || policy now).
+Loss = policy loss - ppo.ent_coef x entropy + ppo.vf_coef x value loss + recon.coef x the decoder's loss +
+recon.locate_coef x the locator's loss (a term whose coefficient is 0 is not computed). Advantages are
+normalized per minibatch, the policy and value losses clipped (PPO), the gradient's global norm clipped. The
+auxiliary steps (`aux_update`) train on the rollout's frames with objects: recon.coef x the decoder's loss +
+recon.locate_coef x the locator's + recon.aux_clone_coef x KL(policy before them || policy now).
 """
 
 from __future__ import annotations
