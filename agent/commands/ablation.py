@@ -29,13 +29,10 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--out", type=Path, required=True, metavar="JSON", help="the summary to write")
     parser.add_argument("--plot", type=Path, metavar="PNG", help="also draw each variant's score as a band")
     args = parser.parse_args(argv)
-    variants = {}
-    for text in args.variant:
-        name = text.partition("=")[0]
-        try:  # "NAME=" lists a variant not run yet
-            variants.update([(name, [])] if name and text == f"{name}=" else [parse_group(text, "--variant")])
-        except ValueError as exc:
-            parser.error(str(exc))
+    try:  # "NAME=" lists a variant not run yet
+        variants = dict(parse_group(text, "--variant", allow_empty=True) for text in args.variant)
+    except ValueError as exc:
+        parser.error(str(exc))
     try:
         check_output_file(args.out, "--out", suffix=".json")
         if args.plot:

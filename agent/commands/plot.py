@@ -20,11 +20,12 @@ from agent.runs.files import check_output_file
 from agent.watching.plotting import plot_run_dirs
 
 
-def parse_group(text: str, option: str = "--group") -> tuple[str, list[Path]]:
-    """'name=dir1,dir2' -> ('name', [dir1, dir2]); a malformed one is a ValueError naming `option`."""
+def parse_group(text: str, option: str = "--group", allow_empty: bool = False) -> tuple[str, list[Path]]:
+    """'name=dir1,dir2' -> ('name', [dir1, dir2]), and with `allow_empty` 'name=' -> ('name', []); a
+    malformed one is a ValueError naming `option`."""
     name, sep, dirs = text.partition("=")
     paths = [Path(d) for d in dirs.split(",") if d]
-    if not sep or not name or not paths:
+    if not sep or not name or not (paths or (allow_empty and dirs == "")):
         raise ValueError(f"{option} {text!r}: expected NAME=RUN_DIR,RUN_DIR,...")
     return name, paths
 

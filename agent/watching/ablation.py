@@ -44,12 +44,12 @@ def score_at(run: RunData, frames: int) -> float | None:
     return float(below[-1]) if len(below) else None
 
 
-def run_summary(run_dir: str | Path, equal_frames: int | None = None) -> dict[str, Any]:
-    """One run's figures: seed, frames, last-100-games score (at the end, and at `equal_frames`), its
-    newest evaluation (mean, std, the frames of the checkpoint it played) and its knife report's figures;
-    a figure the folder has no file for is None."""
+def run_summary(run_dir: str | Path, run: RunData, equal_frames: int | None = None) -> dict[str, Any]:
+    """One run's figures, from its folder and its loaded metrics and evaluations (`load_run`): seed,
+    frames, last-100-games score (at the end, and at `equal_frames`), its newest evaluation (mean, std, the
+    frames of the checkpoint it played) and its knife report's figures; a figure the folder has no file
+    for is None."""
     run_dir = Path(run_dir)
-    run = load_run(run_dir)
     frames = final_frames(run)
     try:
         seed = yaml.safe_load((run_dir / "config.yaml").read_text())["train"]["seed"]
@@ -88,8 +88,9 @@ def summarize(variants: dict[str, list[str | Path]]) -> dict[str, Any]:
     all runs reached."""
     if not any(variants.values()):
         raise ValueError("give at least one run folder")
-    equal = min(final_frames(load_run(d)) for dirs in variants.values() for d in dirs)
-    runs = {name: [run_summary(d, equal) for d in dirs] for name, dirs in variants.items()}
+    loaded = {name: [(d, load_run(d)) for d in dirs] for name, dirs in variants.items()}
+    equal = min(final_frames(run) for pairs in loaded.values() for _, run in pairs)
+    runs = {name: [run_summary(d, run, equal) for d, run in pairs] for name, pairs in loaded.items()}
     over_seeds = {name: {key: spread([r[key] for r in rows]) for key in AVERAGED} for name, rows in runs.items()}
     return {"equal_frames": equal, "variants": runs, "over_seeds": over_seeds}
 
