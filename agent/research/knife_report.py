@@ -153,7 +153,8 @@ def play(agent: Agent, config: Config, games: int, seed: int, max_frames: int, p
 
 def detection_scores(data: Play, config: Config) -> dict[str, Any]:
     """Recall of the RAM knives in the input and in the reconstruction, and the reconstruction's false
-    boxes per knife-free frame."""
+    boxes per knife-free frame; the reconstruction's figures are None when the decoder's loss is off
+    (`recon.coef` 0: the decoder never trained)."""
     stacks = np.stack(data.frames)
     recon = np.stack(data.recon)
     knife_rows = [i for i, k in enumerate(data.knife) if k is not None]
@@ -171,6 +172,7 @@ def detection_scores(data: Play, config: Config) -> dict[str, Any]:
     found_in = match_objects(truth, on_knife_rows(input_boxes)) if len(truth) else np.zeros(0, bool)
     found_re = match_objects(truth, on_knife_rows(recon_boxes)) if len(truth) else np.zeros(0, bool)
     empty = [i for i, k in enumerate(data.knife) if k is None]
+    decodes = config.recon.decodes
     false = 0
     for i in empty:
         mine = recon_boxes[recon_boxes[:, 0] == i]
@@ -184,9 +186,9 @@ def detection_scores(data: Play, config: Config) -> dict[str, Any]:
         "input_recall": _share(found_in),
         "input_recall_near_fighter": _share(found_in[near]) if near.any() else None,
         "knives_near_fighter": int(near.sum()),
-        "recon_recall": _share(found_re[found_in]) if found_in.any() else None,
-        "recon_recall_all": _share(found_re),
-        "recon_false_per_empty": false / len(empty) if empty else None,
+        "recon_recall": _share(found_re[found_in]) if found_in.any() and decodes else None,
+        "recon_recall_all": _share(found_re) if decodes else None,
+        "recon_false_per_empty": false / len(empty) if empty and decodes else None,
         "knife_free_frames": len(empty),
         "input_false_per_empty": (sum(int((input_boxes[:, 0] == i).sum()) for i in empty) / len(empty)
                                   if empty else None),

@@ -60,6 +60,21 @@ def test_knife_hits_and_deaths_are_told_apart_by_what_took_the_health():
     assert events["knife_hits_per_game"] == 1
 
 
+def test_a_decoder_whose_loss_is_off_has_no_recall_and_no_false_boxes():
+    # A knife (5 x 2, 60 levels off the wall) in the input of frames 1 and 2 and drawn again only in
+    # frame 1's reconstruction; frame 0 holds no knife, and its reconstruction a blob of its own.
+    data = fake_play([39, 39, 39], [4, 4, 4], knife_at={1, 2})
+    for i in (1, 2):
+        data.frames[i][-1, 33:35, 60:65] = 60
+    data.recon[1][33:35, 60:65] = 60
+    data.recon[0][20:22, 30:35] = 60
+    on = kr.detection_scores(data, load_config(ROOT / "configs" / "smoke.yaml"))
+    assert (on["input_recall"], on["recon_recall"], on["recon_false_per_empty"]) == (1.0, 0.5, 1.0)
+    off = kr.detection_scores(data, load_config(ROOT / "configs" / "smoke.yaml", ["recon.coef=0"]))
+    assert off["input_recall"] == 1.0
+    assert (off["recon_recall"], off["recon_recall_all"], off["recon_false_per_empty"]) == (None, None, None)
+
+
 @pytest.mark.slow
 def test_the_report_on_a_fresh_agent_writes_every_contract_key(tmp_path):
     config = load_config(ROOT / "configs" / "smoke.yaml")
