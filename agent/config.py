@@ -110,9 +110,10 @@ class ModelConfig:
     """Clip for standardized inputs (running and row_contrast normalization)."""
     norm_contrast: float = 4.0
     """row_contrast: gray levels that make one unit of input (a knife is 11 darker than the wall), > 0."""
-    locator_cell: list[int] = field(default_factory=lambda: [8, 4])
-    """Rows and columns of one cell of the locator's grid (agent.models.Locator): 8 x 36 cells over a
-    64 x 144 frame, a knife's 5 x 2 box touching two to four of them."""
+    locator_cell: list[int] = field(default_factory=lambda: [22, 16])
+    """Rows and columns of one cell of the locator's grid (agent.models.Locator): 3 x 9 cells over a
+    64 x 144 frame, split at crop row 44 between the high throw and the low one, each 16 px wide; a
+    knife's 5 x 2 box fills one or two of them."""
 
     def validate(self) -> None:
         _check(self.features_dim >= 1, "model.features_dim", "must be at least 1")
@@ -218,12 +219,12 @@ class ReconConfig:
     decode_share: float = 0.25
     """Share of each minibatch the decoder's loss reads, in (0, 1]: the frames that hold an object first,
     then the others in the minibatch's random order."""
-    locate_coef: float = 0.05
+    locate_coef: float = 1.0
     """Weight of the locator's loss (binary cross-entropy of its cells against the object masks;
     agent.models.Locator) in the total loss, >= 0; 0 turns it off."""
-    locate_pos_weight: float = 1.0
+    locate_pos_weight: float = 5.0
     """Weight, in the locator's loss, of a cell that holds an object against an empty one, >= 1 (a knife
-    touches 2-4 of the grid's 288 cells)."""
+    fills one or two of the default grid's 27 cells)."""
     aux_steps: int = 0
     """Auxiliary steps after each update: this many minibatches of `aux_batch` rollout frames (those with
     an object first) on which only the decoder's and the locator's losses train the encoder, with a

@@ -4,7 +4,7 @@ In each minibatch the learner computes the code once; `decoder_loss` takes the s
 `recon.decode_share` selects (frames with objects first), perturbs them when `recon.aug_noise_std` or
 `recon.aug_shift` ask for it, and scores the decoder's picture of the newest frame with the weight map of
 `agent.perception.weights`. `locate_loss` scores the locator (a linear head on the code, one logit per
-8x4-pixel cell) against the cells the object masks touch, on the whole minibatch.
+cell of `model.locator_cell`) against the cells the object masks touch, on the whole minibatch.
 """
 
 from __future__ import annotations
