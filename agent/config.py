@@ -196,6 +196,14 @@ class ReconConfig:
     loss: str = "weighted"
     """Decoder loss: plain (MSE) or weighted (per-pixel weights, higher on small objects and their
     bridges; agent/perception/weights.py)."""
+    error: str = "squared"
+    """Per-pixel error of the decoder's loss: squared, or smooth_l1 (squared within `error_beta` gray levels,
+    absolute beyond). Where the code leaves a pixel unsure between the wall and a sprite, the squared error
+    draws their mean, a ghost that the detector cuts into knife-sized blobs; smooth_l1 draws about their
+    median, the wall unless the sprite is likelier (its weight counted), within `error_beta` of it."""
+    error_beta: float = 4.0
+    """smooth_l1: gray levels (0-255 scale) of error below which it is squared, > 0; keep it below
+    `detect_min_contrast` so that an unsure pixel stays under the detector's threshold."""
     object_weight: float = 100.0
     """weighted: weight of a pixel inside a small object's mask, >= 0; any other pixel weighs 1."""
     mask_grow: int = 0
@@ -251,6 +259,9 @@ class ReconConfig:
     detect_faint_contrast: int = 20
     """Detector: most gray levels off the background of a pixel of the faint pass, which finds a knife
     (11 levels) that touches a fighter (60 and more) apart from it; 0 turns the pass off."""
+    detect_faint_max_height: int = 3
+    """Detector: tallest group of the faint pass, rows, >= 1; it must also be wider than tall (a knife is
+    5 x 2 and flies level)."""
 
     @property
     def needs_masks(self) -> bool:
@@ -281,6 +292,8 @@ class ReconConfig:
     def validate(self) -> None:
         _check(self.coef >= 0, "recon.coef", "must be non-negative")
         _check(self.loss in RECON_LOSSES, "recon.loss", f"must be one of {', '.join(RECON_LOSSES)}")
+        _check(self.error in RECON_ERRORS, "recon.error", f"must be one of {', '.join(RECON_ERRORS)}")
+        _check(self.error_beta > 0, "recon.error_beta", "must be positive")
         _check(self.object_weight >= 0, "recon.object_weight", "must be non-negative")
         _check(self.mask_grow >= 0, "recon.mask_grow", "must be non-negative")
         _check(self.bridge_cols >= 0, "recon.bridge_cols", "must be non-negative")
@@ -300,11 +313,13 @@ class ReconConfig:
         _check(self.detect_min_area >= 1, "recon.detect_min_area", "must be at least 1")
         _check(self.detect_group_rows >= 0, "recon.detect_group_rows", "must be non-negative")
         _check(self.detect_group_cols >= 0, "recon.detect_group_cols", "must be non-negative")
+        _check(self.detect_faint_max_height >= 1, "recon.detect_faint_max_height", "must be at least 1")
         _check(self.detect_faint_contrast == 0 or self.detect_min_contrast <= self.detect_faint_contrast <= 255,
                "recon.detect_faint_contrast", "must be 0 (off) or between recon.detect_min_contrast and 255")
 
 
 RECON_LOSSES = ("plain", "weighted")
+RECON_ERRORS = ("squared", "smooth_l1")
 
 
 @dataclass

@@ -4,7 +4,8 @@ emulator's RAM as the truth of each knife's place (agent.research.knife_report).
   kungfu-knife-report --checkpoint runs/default/checkpoints/latest.pt --out runs/default/knives [--games 6]
 
 Writes DIR/report.json: input_recall (the detector on the input), recon_recall (the detector on the
-decoder's picture, of the knives found in the input; recon_recall_all of all), recon_false_per_empty,
+decoder's picture, of the knives found in the input; recon_recall_all of all; recon_recall_chance, the
+same on knife boxes laid on knife-free frames), recon_false_per_empty,
 knife_frames, knife_hits_per_game (lives lost to a knife), deaths and health lost by cause, and probes
 (present, row, column; each for the agent's code and a random-init encoder's, balanced accuracy on the
 held-out games); and DIR/knives.png (frames where the agent dodged a knife and where one hit it).
@@ -53,7 +54,7 @@ def main(argv: list[str] | None = None) -> int:
     print(f"knife frames {report['knife_frames']} of {report['frames']}; detector on the input finds "
           f"{_f(report['input_recall'])} (within 3 px of a fighter {_f(report['input_recall_near_fighter'])}); the "
           f"decoder redraws {_f(report['recon_recall'])} of those, with {_f(report['recon_false_per_empty'])} "
-          f"false boxes per knife-free frame")
+          f"false boxes per knife-free frame (by chance it would redraw {_f(report['recon_recall_chance'])})")
     print(f"probes (agent / random init): present {_f(p['present']['agent'])} / {_f(p['present']['random_init'])}, "
           f"row {_f(p['row']['agent'])} / {_f(p['row']['random_init'])}, column {_f(p['column']['agent'])} / "
           f"{_f(p['column']['random_init'])}")

@@ -34,11 +34,15 @@ def decode_selection(masks: torch.Tensor | None, n: int, cfg: ReconConfig) -> to
 
 def recon_loss(pred: torch.Tensor, target: torch.Tensor, masks: torch.Tensor | None,
                cfg: ReconConfig) -> torch.Tensor:
-    """The decoder's loss on frames (N, 1, h, w) in [0, 1]; `masks` bool (N, h, w) or None."""
-    sq = (pred - target).square()
+    """The decoder's loss on frames (N, 1, h, w) in [0, 1]; `masks` bool (N, h, w) or None: the mean of the
+    per-pixel error (`recon.error`), weighted by `weight_map` unless `recon.loss` is plain."""
+    if cfg.error == "squared":
+        err = (pred - target).square()
+    else:
+        err = torch.nn.functional.smooth_l1_loss(pred, target, reduction="none", beta=cfg.error_beta / 255)
     if cfg.loss == "plain":
-        return sq.mean()
-    return (weight_map(masks, sq.shape, cfg, device=sq.device, target=target) * sq).mean()
+        return err.mean()
+    return (weight_map(masks, err.shape, cfg, device=err.device, target=target) * err).mean()
 
 
 def locate_loss(locator: Locator, code: torch.Tensor, masks: torch.Tensor, pos_weight: float = 1.0) -> torch.Tensor:

@@ -12,7 +12,9 @@
 4. The faint pass. A knife flying into a fighter joins the fighter's group in step 3 and is lost. Its own
    pixels are faint (11 gray levels off the wall, where fighters are 60 or more), so the grouping runs
    a second time on the foreground pixels at most `recon.detect_faint_contrast` levels off the
-   background; a small group found there and not in the first pass is added.
+   background; a small group found there and not in the first pass is added when it lies level like a
+   flying knife: wider than tall and at most `recon.detect_faint_max_height` rows. (A soft-edged sprite,
+   as a decoder draws one, has faint pixels all along its outline: upright slivers, which this keeps out.)
 5. Size and border limits. A group is a small object when its extent is at most `recon.detect_max_width`
    x `recon.detect_max_height` with at least `recon.detect_min_area` pixels (dragon fire is 18x4, snakes
    and balls 8x12, a standing fighter over 30 rows tall). A group touching the frame border is dropped:
@@ -122,6 +124,7 @@ def _detect_chunk(frames: np.ndarray, cfg: ReconConfig, offset: int) -> np.ndarr
         # own faint contrast, which no fighter has.
         faint = cv2.bitwise_and(fg, cv2.inRange(diff, 0, cfg.detect_faint_contrast))
         extra = _small_groups(faint, n, h, w, cfg, offset)
+        extra = extra[(extra[:, 4] <= cfg.detect_faint_max_height) & (extra[:, 3] > extra[:, 4])]
         if len(extra):
             new = ~_overlaps(extra, boxes) if len(boxes) else np.ones(len(extra), dtype=bool)
             boxes = np.concatenate([boxes, extra[new]])

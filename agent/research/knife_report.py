@@ -9,7 +9,9 @@ emulator's RAM as the truth of where each knife is (`agent.env.ram`).
 2. Detection. The detector (`agent.perception.detection`, on the newest frame) finds the knife in
    the input when one of its boxes overlaps the RAM box grown by `MATCH_TOLERANCE` pixels; the same on the
    reconstruction. A box in a knife-free frame's reconstruction that matches none of the input's boxes is a
-   false one.
+   false one. A reconstruction full of false boxes also "finds" knives that are not there: the chance
+   level (`recon_recall_chance`) is the share of the knives' boxes, laid on the knife-free frames'
+   reconstructions, that a box of those overlaps as it would a knife's.
 3. Probes. Linear probes (logistic regression on the standardized code, classes weighted equally) are
    fitted on the first games and scored on the held-out rest, by balanced accuracy: is a knife on screen
    (`present`), is it the high or the low throw (`row`: the player ducks the first, jumps the second),
@@ -179,6 +181,11 @@ def detection_scores(data: Play, config: Config) -> dict[str, Any]:
         if len(mine):
             theirs = input_boxes[input_boxes[:, 0] == i]
             false += int((~match_objects(mine, theirs)).sum()) if len(theirs) else len(mine)
+    chance = None
+    if decodes and empty and knife_rows:
+        # The knives' boxes laid in turn on the knife-free frames: what the decoder's recall would be by chance.
+        laid = np.array([(i, *data.knife[knife_rows[j % len(knife_rows)]]) for j, i in enumerate(empty)])
+        chance = _share(match_objects(laid, recon_boxes))
     near = np.array([min(ram_map.distance(data.knife[i], b) for b in [data.player[i], *data.enemies[i]]) <= 3
                      for i in knife_rows], dtype=bool)
     return {
@@ -189,6 +196,7 @@ def detection_scores(data: Play, config: Config) -> dict[str, Any]:
         "recon_recall": _share(found_re[found_in]) if found_in.any() and decodes else None,
         "recon_recall_all": _share(found_re) if decodes else None,
         "recon_false_per_empty": false / len(empty) if empty and decodes else None,
+        "recon_recall_chance": chance,
         "knife_free_frames": len(empty),
         "input_false_per_empty": (sum(int((input_boxes[:, 0] == i).sum()) for i in empty) / len(empty)
                                   if empty else None),
@@ -384,6 +392,7 @@ def knife_report(agent: Agent, config: Config, out: Path, games: int = 6, held_o
         "recon_recall": detection["recon_recall"],
         "recon_recall_all": detection["recon_recall_all"],
         "recon_false_per_empty": detection["recon_false_per_empty"],
+        "recon_recall_chance": detection["recon_recall_chance"],
         "input_false_per_empty": detection["input_false_per_empty"],
         "knife_frames": detection["knife_frames"],
         "knife_free_frames": detection["knife_free_frames"],

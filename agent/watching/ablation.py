@@ -20,7 +20,8 @@ import yaml
 from agent.watching.plotting import SCORE, RunData, load_run
 
 # The knife report's figures a summary keeps, by their names in it.
-KNIFE_FIGURES = ("knife_hits_per_game", "knife_damage_per_game", "recon_recall", "recon_false_per_empty")
+KNIFE_FIGURES = ("knife_hits_per_game", "knife_damage_per_game", "recon_recall", "recon_recall_chance",
+                 "recon_false_per_empty")
 # The figures averaged over a variant's seeds.
 AVERAGED = ("score_mean100", "score_mean100_at_equal_frames", "eval_mean", *KNIFE_FIGURES,
             "probe_present", "probe_row", "probe_column")

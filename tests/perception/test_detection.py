@@ -164,3 +164,19 @@ def test_the_faint_pass_finds_nothing_in_fighters_and_no_second_box_for_an_objec
     frame[40:44, 60:63] = 60  # a dark object of 25 levels: found by the main pass only
     assert detect_small_objects(frame) == [(60, 40, 3, 4)]
     assert detect_small_objects(frame, ReconConfig(detect_faint_contrast=30)) == [(60, 40, 3, 4)]
+
+
+def test_the_faint_pass_keeps_out_the_soft_outline_of_a_drawn_fighter():
+    # A fighter as a decoder draws it, with a soft edge: a column of pixels 12 levels off the wall down its
+    # left side, 1 px wide and 10 rows tall, touching the body. The faint pass finds that sliver as a group
+    # of its own; upright, it is no knife. A knife (5 x 2) beside the same fighter is still found.
+    frame = band()
+    plant_fighter(frame, 40, 26)
+    frame[36:46, 39] = BACKGROUND + 12
+    assert detect_small_objects(frame) == []
+    assert detect_small_objects(frame, ReconConfig(detect_faint_max_height=14)) == []  # still upright
+    frame[37:39, 48:53] = KNIFE
+    assert detect_small_objects(frame) == [(48, 37, 5, 2)]
+    frame[37:41, 48:53] = KNIFE  # a 5 x 4 faint group: taller than detect_faint_max_height's 3 rows
+    assert detect_small_objects(frame) == []
+    assert detect_small_objects(frame, ReconConfig(detect_faint_max_height=4)) == [(48, 37, 5, 4)]

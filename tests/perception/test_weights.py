@@ -146,6 +146,36 @@ def test_gradient_at_object_pixels_is_larger_than_under_plain_mse(loss):
         assert torch.allclose(grads[loss][0][~masks[0]], grads["plain"][0][~masks[0]])
 
 
+def test_smooth_l1_leaves_an_unlikely_sprite_under_the_detectors_threshold_and_draws_a_weighted_knife():
+    # One pixel over ten frames: a sprite (214) or a knife (74, masked) in 3 of them, the wall (85) in the
+    # rest. A constant fitted to all ten is the loss's picture of a pixel the code cannot tell apart.
+    def fitted(value: int, masked: bool, **settings) -> float:
+        target = torch.full((10, 1, 1, 1), 85 / 255)
+        target[:3] = value / 255
+        masks = torch.zeros(10, 1, 1, dtype=torch.bool)
+        masks[:3] = masked
+        pixel = torch.full((1, 1, 1, 1), 0.5, requires_grad=True)
+        optimizer = torch.optim.Adam([pixel], lr=1e-3)
+        cfg = ReconConfig(bridge_cols=0, bridge_rows=0, **settings)
+        for _ in range(1000):
+            optimizer.zero_grad()
+            recon_loss(pixel.expand(10, 1, 1, 1), target, masks, cfg).backward()
+            optimizer.step()
+        return pixel.item() * 255
+
+    # The sprite: the squared error draws the mean, a ghost 39 levels off the wall; smooth_l1 stays within
+    # beta of the wall (85 + 3 x 4 / 7), under the detector's 6.
+    assert fitted(214, False, error="squared") == pytest.approx(0.3 * 214 + 0.7 * 85, abs=0.5)
+    assert fitted(214, False, error="smooth_l1", error_beta=4.0) == pytest.approx(85 + 12 / 7, abs=0.5)
+    # The knife at weight 10: smooth_l1 draws it (74 + 7 x 4 / 30), the squared error a paler mean; at
+    # weight 1 smooth_l1 leaves the wall (85 - 3 x 4 / 7).
+    assert fitted(74, True, error="smooth_l1", error_beta=4.0, object_weight=10.0) == pytest.approx(
+        74 + 28 / 30, abs=0.5)
+    assert fitted(74, True, error="squared", object_weight=10.0) == pytest.approx((30 * 74 + 7 * 85) / 37, abs=0.5)
+    assert fitted(74, True, error="smooth_l1", error_beta=4.0, object_weight=1.0) == pytest.approx(85 - 12 / 7,
+                                                                                                    abs=0.5)
+
+
 def test_recon_stats_perfect_and_knife_less_reconstructions():
     frames = frames_with_knife()
     target = as_target(frames)

@@ -70,9 +70,25 @@ def test_a_decoder_whose_loss_is_off_has_no_recall_and_no_false_boxes():
     data.recon[0][20:22, 30:35] = 60
     on = kr.detection_scores(data, load_config(ROOT / "configs" / "smoke.yaml"))
     assert (on["input_recall"], on["recon_recall"], on["recon_false_per_empty"]) == (1.0, 0.5, 1.0)
+    assert on["recon_recall_chance"] == 0.0  # frame 0's blob lies far from where the knives fly
     off = kr.detection_scores(data, load_config(ROOT / "configs" / "smoke.yaml", ["recon.coef=0"]))
     assert off["input_recall"] == 1.0
     assert (off["recon_recall"], off["recon_recall_all"], off["recon_false_per_empty"]) == (None, None, None)
+    assert off["recon_recall_chance"] is None
+
+
+def test_false_boxes_where_knives_fly_set_the_chance_level_of_the_decoders_recall():
+    # Knife-free frames 0, 3 and 4; knives in frames 1 and 2 at x 60 and 90. The knives' boxes are laid on
+    # the knife-free frames in turn: frame 0 gets the first (x 60), frame 3 the second (x 90), frame 4 the
+    # first again. Blobs 3 px right of the laid box in frame 0 (within the 2-px tolerance: 3 < 5 + 2) and
+    # in frame 4 at x 120 (far): one of three laid knives is "found" by chance.
+    data = fake_play([39] * 5, [4] * 5, knife_at={1, 2})
+    data.knife[2] = (90, 33, 5, 2)
+    data.recon[0][33:35, 63:68] = 60
+    data.recon[4][33:35, 120:125] = 60
+    scores = kr.detection_scores(data, load_config(ROOT / "configs" / "smoke.yaml"))
+    assert scores["recon_recall_chance"] == pytest.approx(1 / 3)
+    assert scores["recon_false_per_empty"] == pytest.approx(2 / 3)
 
 
 @pytest.mark.slow

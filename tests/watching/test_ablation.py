@@ -23,7 +23,7 @@ def write_run(run_dir, seed, scores, frames_per_row=1000, eval_mean=None, knife=
     if knife is not None:
         (run_dir / "knife_report.json").write_text(json.dumps(
             {"checkpoint": "c.pt", "knife_hits_per_game": knife, "knife_damage_per_game": 2 * knife,
-             "recon_recall": 0.5, "recon_false_per_empty": 3.0,
+             "recon_recall": 0.5, "recon_recall_chance": 0.25, "recon_false_per_empty": 3.0,
              "probes": {k: {"agent": 0.9, "random_init": 0.6} for k in ("present", "row", "column")}}))
     return run_dir
 
@@ -39,6 +39,7 @@ def test_each_run_is_read_at_its_end_and_at_the_shortest_runs_frames(tmp_path):
     assert first["score_mean100_at_equal_frames"] == 200
     assert (first["eval_mean"], first["eval_frames"]) == (1000.0, 5000)  # the newest evaluation, not the first
     assert first["knife_hits_per_game"] == 0.5 and first["probe_row_random_init"] == 0.6
+    assert (first["recon_recall"], first["recon_recall_chance"]) == (0.5, 0.25)
     over = summary["over_seeds"]["long"]
     assert over["score_mean100"] == {"mean": 800.0, "std": 400.0, "min": 400.0, "max": 1200.0, "n": 3}
     assert over["eval_mean"]["mean"] == 2000.0 and over["knife_hits_per_game"]["mean"] == pytest.approx(1.0)
