@@ -194,13 +194,14 @@ class ReconConfig:
     coef: float = 1.0
     """Weight of the decoder's loss in the total loss, >= 0 (0 turns the decoder's loss off)."""
     loss: str = "weighted"
-    """Decoder loss: plain (MSE) or weighted (per-pixel weights, higher on small objects and their
-    bridges; agent/perception/weights.py)."""
-    error: str = "squared"
-    """Per-pixel error of the decoder's loss: squared, or smooth_l1 (squared within `error_beta` gray levels,
-    absolute beyond). Where the code leaves a pixel unsure between the wall and a sprite, the squared error
-    draws their mean, a ghost that the detector cuts into knife-sized blobs; smooth_l1 draws about their
-    median, the wall unless the sprite is likelier (its weight counted), within `error_beta` of it."""
+    """Decoder loss: plain (every pixel weighs 1) or weighted (per-pixel weights, higher on small objects
+    and their bridges; agent/perception/weights.py). Plain MSE is `plain` with `error` squared."""
+    error: str = "smooth_l1"
+    """Per-pixel error of the decoder's loss: smooth_l1 (squared within `error_beta` gray levels, absolute
+    beyond) or squared. Where the code leaves a pixel unsure between the wall and a sprite, the squared
+    error draws their mean, a ghost that the detector cuts into knife-sized blobs; smooth_l1 draws about
+    their median, the wall unless the sprite is likelier (its weight counted), within `error_beta` of it.
+    Measured: docs/experiments/knives.md."""
     error_beta: float = 4.0
     """smooth_l1: gray levels (0-255 scale) of error below which it is squared, > 0; keep it below
     `detect_min_contrast` so that an unsure pixel stays under the detector's threshold."""
@@ -518,6 +519,21 @@ def drop_retired(data: dict[str, Any]) -> dict[str, Any]:
                 value = values.pop(key)
                 if harmless is not None and value != harmless:
                     raise ConfigError(f"{section}.{key}: {value!r} is an option this version no longer has")
+    return data
+
+
+ADDED = {"recon": {"error": "squared"}}
+"""Keys newer than some saved configs, with the value that reproduces what the versions before them did
+where it differs from today's default: a saved config without such a key is read with that value."""
+
+
+def fill_added(data: dict[str, Any]) -> dict[str, Any]:
+    """A copy of a saved config dict with each ADDED key it lacks set to its earlier behaviour."""
+    data = {k: dict(v) if isinstance(v, dict) else v for k, v in data.items()}
+    for section, keys in ADDED.items():
+        if isinstance(data.get(section), dict):
+            for key, value in keys.items():
+                data[section].setdefault(key, value)
     return data
 
 

@@ -1,6 +1,6 @@
 import pytest
 
-from agent.config import Config, ConfigError, config_from_dict, drop_retired, load_config, save_config
+from agent.config import Config, ConfigError, config_from_dict, drop_retired, fill_added, load_config, save_config
 
 
 def test_defaults_are_the_play_band_protocol():
@@ -87,3 +87,11 @@ def test_retired_keys_of_saved_configs_are_dropped_unless_they_changed_the_model
     saved["model"]["code_layout"] = "columns"
     with pytest.raises(ConfigError, match="model.code_layout: 'columns' is an option this version no longer has"):
         drop_retired(saved)
+
+
+def test_a_saved_config_from_before_the_decoders_error_was_an_option_keeps_the_squared_error():
+    saved = Config().to_dict()
+    del saved["recon"]["error"]
+    assert config_from_dict(saved).recon.error == "smooth_l1"  # a config file: today's default
+    assert config_from_dict(fill_added(saved)).recon.error == "squared"  # a checkpoint's: what it trained with
+    assert config_from_dict(fill_added(Config().to_dict())) == Config()  # a key it has stays as it is

@@ -46,7 +46,7 @@ from agent.runs.files import write_json_atomic
 
 # name -> changes to the run's ReconConfig. "weighted" is the configured loss (recon.loss, default weighted).
 VARIANTS = {
-    "plain": {"loss": "plain", "locate_coef": 0.0},
+    "plain": {"loss": "plain", "error": "squared", "locate_coef": 0.0},
     "weighted": {},
     "unlocated": {"locate_coef": 0.0},
     "weighted_noise": {"aug_noise_std": 8.0},

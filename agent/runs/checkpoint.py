@@ -26,7 +26,7 @@ from typing import Any
 
 import torch
 
-from agent.config import Config, ConfigError, config_from_dict, drop_retired
+from agent.config import Config, ConfigError, config_from_dict, drop_retired, fill_added
 from agent.device import place
 from agent.models import Agent
 from agent.runs.files import fsync_dir
@@ -171,9 +171,10 @@ def load_resumable(run_dir: str | Path, map_location: str | torch.device = "cpu"
 
 
 def checkpoint_config(state: dict[str, Any]) -> Config:
-    """The config a checkpoint was trained with, less the options this version retired."""
+    """The config a checkpoint was trained with, less the options this version retired and with the
+    options added since set to what that version did."""
     try:
-        return config_from_dict(drop_retired(state["config"]))
+        return config_from_dict(fill_added(drop_retired(state["config"])))
     except (ConfigError, AttributeError, TypeError) as exc:
         raise CheckpointError(f"the checkpoint's config does not fit this version: {exc}") from None
 

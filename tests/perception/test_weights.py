@@ -120,7 +120,7 @@ def test_weight_map_weighs_bridges_when_given_the_targets():
 
 @pytest.mark.parametrize("loss", ["weighted"])
 def test_weighted_loss_equals_mse_without_objects_and_unit_factors(loss):
-    cfg = ReconConfig(loss=loss, object_weight=1.0)
+    cfg = ReconConfig(loss=loss, error="squared", object_weight=1.0)
     torch.manual_seed(1)
     pred, target = torch.rand(3, 1, H, W), torch.rand(3, 1, H, W)
     mse = (pred - target).square().mean()
@@ -137,7 +137,7 @@ def test_gradient_at_object_pixels_is_larger_than_under_plain_mse(loss):
     grads = {}
     for name in ("plain", loss):
         pred = torch.full_like(target, 0.5, requires_grad=True)
-        recon_loss(pred, target, masks, ReconConfig(loss=name)).backward()
+        recon_loss(pred, target, masks, ReconConfig(loss=name, error="squared")).backward()
         grads[name] = pred.grad.abs()[:, 0]
     ratio = grads[loss][masks] / grads["plain"][masks]
     assert (ratio > 5).all()
