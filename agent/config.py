@@ -241,6 +241,12 @@ class ReconConfig:
     Cobbe et al. 2021), stepped by an Adam of their own at PPO's learning rate. 0: none."""
     aux_batch: int = 64
     """Frames per auxiliary step, >= 1."""
+    aux_lr: float = 0.0
+    """Learning rate of the auxiliary phase's Adam, >= 0, annealed as PPO's (ppo.anneal_lr); 0: ppo.lr."""
+    aux_detach: bool = False
+    """The auxiliary steps read the code detached, on clean frames: they train the decoder and the locator
+    alone (their readout of the code), the encoder and the policy stay as the update left them, and no
+    cloning term is needed. False: they train the encoder as well."""
     aux_clone_coef: float = 0.01
     """Weight of the auxiliary steps' behaviour-cloning term: the KL divergence from the policy before
     the auxiliary steps to the policy now, on the same frames, >= 0. It is weighed against recon.coef x
@@ -253,8 +259,10 @@ class ReconConfig:
     """Detector: tallest small object, px (snakes, balls: 12; a standing fighter: over 30)."""
     detect_min_area: int = 2
     """Detector: fewest foreground pixels of a small object."""
-    detect_group_rows: int = 1
-    """Detector: rows up and down that join the pieces of one sprite (fighters are drawn with gap rows)."""
+    detect_group_rows: int = 3
+    """Detector: rows up and down that join the pieces of one sprite, >= 0: pieces split by up to twice as
+    many empty rows join (the game draws fighters with gap rows, a decoder with wider gaps where it is
+    unsure of a dark belt or hair)."""
     detect_group_cols: int = 0
     """Detector: columns left and right that join pieces (0 keeps a knife flying beside a fighter apart)."""
     detect_faint_contrast: int = 20
@@ -308,6 +316,10 @@ class ReconConfig:
         _check(self.aux_steps >= 0, "recon.aux_steps", "must be 0 (off) or positive")
         _check(self.aux_batch >= 1, "recon.aux_batch", "must be at least 1")
         _check(self.aux_clone_coef >= 0, "recon.aux_clone_coef", "must be non-negative")
+        _check(self.aux_lr >= 0, "recon.aux_lr", "must be 0 (ppo.lr) or positive")
+        _check(not (self.aux_detach and self.aux_steps > 0 and not (self.decodes or self.locates)),
+               "recon.aux_detach", "needs recon.coef or recon.locate_coef above 0: detached, the auxiliary "
+               "steps train the decoder and the locator alone")
         _check(1 <= self.detect_min_contrast <= 255, "recon.detect_min_contrast", "must be in [1, 255]")
         _check(self.detect_max_width >= 1, "recon.detect_max_width", "must be at least 1")
         _check(self.detect_max_height >= 1, "recon.detect_max_height", "must be at least 1")
@@ -393,6 +405,11 @@ class Config:
     def num_updates(self) -> int:
         """Updates of a single-process run: train.total_frames in whole rollouts."""
         return self.updates(1)
+
+    @property
+    def aux_lr(self) -> float:
+        """The auxiliary phase's learning rate before annealing: recon.aux_lr, or ppo.lr when it is 0."""
+        return self.recon.aux_lr or self.ppo.lr
 
     def updates(self, world_size: int) -> int:
         """Updates of a run of `world_size` data-parallel ranks, whose frames all count to train.total_frames."""

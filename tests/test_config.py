@@ -43,6 +43,8 @@ def test_overrides_reach_nested_keys_and_derived_values_follow():
         ({}, ["recon.bridge_cols=-1"], "recon.bridge_cols: must be non-negative"),
         ({}, ["recon.bridge_rows=-1"], "recon.bridge_rows: must be non-negative"),
         ({}, ["recon.bridge_weight=-1"], "recon.bridge_weight: must be non-negative"),
+        ({}, ["recon.aux_steps=4", "recon.aux_detach=true", "recon.coef=0", "recon.locate_coef=0"],
+         "recon.aux_detach: needs recon.coef or recon.locate_coef above 0"),
         ({"env": 3}, [], "env: expected a mapping"),
     ],
 )

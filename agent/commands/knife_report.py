@@ -2,6 +2,10 @@
 emulator's RAM as the truth of each knife's place (agent.research.knife_report).
 
   kungfu-knife-report --checkpoint runs/default/checkpoints/latest.pt --out runs/default/knives [--games 6]
+  kungfu-knife-report --checkpoint OLD.pt --out DIR --set recon.detect_group_rows=3
+
+The detector is the checkpoint's, as it trained; --set measures with another setting of its
+recon.detect_* keys (the report's settings record the one used).
 
 Writes DIR/report.json: input_recall (the detector on the input), recon_recall (the detector on the
 decoder's picture, of the knives found in the input; recon_recall_all of all; recon_recall_chance, the
@@ -20,6 +24,7 @@ from pathlib import Path
 import torch
 
 from agent.commands.cli import OneLineParser, positive
+from agent.config import ConfigError, config_from_dict
 from agent.env.protocol import PROTOCOL_MAX_FRAMES
 from agent.research.knife_report import ReportError, knife_report
 from agent.runs.checkpoint import CheckpointError, load_agent
@@ -37,16 +42,23 @@ def main(argv: list[str] | None = None) -> int:
                         help=f"emulator frames per game at most (default the protocol's {PROTOCOL_MAX_FRAMES:,})")
     parser.add_argument("--seed", type=int, default=0, help="seeds the games and the action sampling")
     parser.add_argument("--threads", type=positive(int), default=1, help="torch threads (default 1)")
+    parser.add_argument("--set", action="append", default=[], metavar="recon.detect_KEY=VALUE",
+                        help="measure with this detector setting instead of the checkpoint's (repeatable)")
     parser.add_argument("--no-progress", action="store_true", help="no progress bar")
     args = parser.parse_args(argv)
+    for text in args.set:
+        if not text.strip().startswith("recon.detect_"):
+            parser.error(f"--set {text}: only the detector's keys (recon.detect_*) can be set; the agent is "
+                         f"measured as it trained")
     torch.set_num_threads(args.threads)
     try:
         out = check_output_dir(args.out, "--out")
         agent, config = load_agent(args.checkpoint)
+        config = config_from_dict(config.to_dict(), args.set)
         report = knife_report(agent, config, out, games=args.games, held_out=args.held_out, seed=args.seed,
                               max_frames=args.max_frames, progress=not args.no_progress,
                               checkpoint=str(args.checkpoint))
-    except (CheckpointError, ReportError, OutputPathError) as exc:
+    except (CheckpointError, ReportError, OutputPathError, ConfigError) as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 2
     write_json_atomic(report, out / "report.json")

@@ -90,9 +90,9 @@ def train(config: Config, run_dir: str | Path, resume: bool = False, max_updates
         try:
             for update in range(s.update + 1, end_update + 1):
                 update_start = time.time()
-                for optimizer in (s.optimizer, s.aux_optimizer):
-                    if optimizer is not None:
-                        set_learning_rate(optimizer, config, update, num_updates)
+                set_learning_rate(s.optimizer, config.ppo.lr, config, update, num_updates)
+                if s.aux_optimizer is not None:
+                    set_learning_rate(s.aux_optimizer, config.aux_lr, config, update, num_updates)
 
                 # Rollout.
                 s.frames = collect_rollout(s.agent, s.env, s.buffer, config, s.frames, ranks.game_over(s.logger),
@@ -179,7 +179,7 @@ def start_session(config: Config, run_dir: Path, resume: bool, ranks: Ranks) -> 
     agent = place(Agent(config.env.obs_shape, env.num_actions, config.model), device)
     ranks.synchronize_start(agent, config.train.seed)
     optimizer = torch.optim.Adam(agent.parameters(), lr=config.ppo.lr, eps=1e-5)
-    aux_optimizer = (torch.optim.Adam(agent.parameters(), lr=config.ppo.lr, eps=1e-5) if config.recon.aux_steps > 0
+    aux_optimizer = (torch.optim.Adam(agent.parameters(), lr=config.aux_lr, eps=1e-5) if config.recon.aux_steps > 0
                      else None)
     update = frames = games = 0
     wall_seconds = 0.0
@@ -250,10 +250,11 @@ def fit_locator_prior(s: Session) -> None:
     s.ranks.fit_locator_prior(s.agent.locator, masks)
 
 
-def set_learning_rate(optimizer: torch.optim.Optimizer, config: Config, update: int, num_updates: int) -> None:
-    """ppo.lr, annealed linearly towards 0 over the run's `num_updates` when ppo.anneal_lr is on."""
+def set_learning_rate(optimizer: torch.optim.Optimizer, lr: float, config: Config, update: int,
+                      num_updates: int) -> None:
+    """`lr`, annealed linearly towards 0 over the run's `num_updates` when ppo.anneal_lr is on."""
     if config.ppo.anneal_lr:
-        optimizer.param_groups[0]["lr"] = config.ppo.lr * (1.0 - (update - 1.0) / num_updates)
+        optimizer.param_groups[0]["lr"] = lr * (1.0 - (update - 1.0) / num_updates)
 
 
 def print_capacity(agent: Agent, config: Config, world_size: int) -> None:

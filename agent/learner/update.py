@@ -5,7 +5,8 @@ Loss = policy loss - ppo.ent_coef x entropy + ppo.vf_coef x value loss + recon.c
 recon.locate_coef x the locator's loss (a term whose coefficient is 0 is not computed). Advantages are
 normalized per minibatch, the policy and value losses clipped (PPO), the gradient's global norm clipped. The
 auxiliary steps (`aux_update`) train on the rollout's frames with objects: recon.coef x the decoder's loss +
-recon.locate_coef x the locator's + recon.aux_clone_coef x KL(policy before them || policy now).
+recon.locate_coef x the locator's + recon.aux_clone_coef x KL(policy before them || policy now); with
+`recon.aux_detach` the decoder's and the locator's losses alone, on the code detached.
 """
 
 from __future__ import annotations
@@ -104,7 +105,9 @@ def aux_update(agent: Agent, optimizer: torch.optim.Optimizer, buffer: RolloutBu
                average_gradients: Callable[[], None] | None = None) -> dict[str, float]:
     """`recon.aux_steps` steps of the decoder's and the locator's losses, each on `recon.aux_batch` frames
     drawn from the rollout's frames with an object and as many without, the policy held in place by a
-    behaviour-cloning KL term; returns `losses/aux_*` scalars. No-op (an empty dict) without masks.
+    behaviour-cloning KL term (with `recon.aux_detach`: on the code of the clean frames, detached, which
+    trains the decoder and the locator alone); returns `losses/aux_*` scalars. No-op (an empty dict) without
+    masks.
 
     `optimizer` is the phase's own, not PPO's: an Adam whose momentum PPO's steps set would carry PPO's
     direction into these steps, whose gradients are a hundredth of PPO's."""
@@ -121,22 +124,26 @@ def aux_update(agent: Agent, optimizer: torch.optim.Optimizer, buffer: RolloutBu
     keep = max(len(with_object), cfg.aux_batch - len(with_object))
     pool = torch.cat([with_object, without[torch.randperm(len(without), device=device)[:keep]]])
     agent.train()
-    with torch.no_grad():  # the policy the auxiliary steps must not move
-        old_logits = torch.cat([agent.actor(agent.encode(obs[part])) for part in pool.split(256)])
+    with torch.no_grad():  # the policy the auxiliary steps must not move; the detached steps' code
+        codes = torch.cat([agent.encode(obs[part]) for part in pool.split(256)])
+        old_logits = agent.actor(codes)
     totals = {"losses/aux_recon": 0.0, "losses/aux_locate": 0.0, "losses/aux_clone": 0.0}
     whole = dataclasses.replace(cfg, decode_share=1.0)
+    if cfg.aux_detach:  # the code of the clean frames: perturbed ones would need the encoder again
+        whole = dataclasses.replace(whole, aug_noise_std=0.0, aug_shift=0)
     for step in range(cfg.aux_steps):
         pick = torch.randint(len(pool), (min(cfg.aux_batch, len(pool)),), device=device)
         idx = pool[pick]
         mb_obs, mb_masks = obs[idx], masks[idx]
-        code = agent.encode(mb_obs)
+        code = codes[pick] if cfg.aux_detach else agent.encode(mb_obs)
         r_loss = (recon.decoder_loss(agent, code, mb_obs, mb_masks, whole)[0] if cfg.decodes
                   else torch.zeros((), device=device))
         l_loss = (recon.locate_loss(agent.locator, code, mb_masks, cfg.locate_pos_weight) if cfg.locates
                   else torch.zeros((), device=device))
-        clone = torch.nn.functional.kl_div(torch.log_softmax(agent.actor(code), -1),
-                                           torch.log_softmax(old_logits[pick], -1), log_target=True,
-                                           reduction="batchmean")
+        clone = (torch.zeros((), device=device) if cfg.aux_detach else
+                 torch.nn.functional.kl_div(torch.log_softmax(agent.actor(code), -1),
+                                            torch.log_softmax(old_logits[pick], -1), log_target=True,
+                                            reduction="batchmean"))
         loss = cfg.coef * r_loss + cfg.locate_coef * l_loss + cfg.aux_clone_coef * clone
         if not torch.isfinite(loss):
             raise NonFiniteLossError(f"the auxiliary loss became non-finite at step {step + 1}; the last "

@@ -63,8 +63,8 @@ def bridge_mask(target: torch.Tensor, obj: torch.Tensor, cfg: ReconConfig) -> to
 
     With `cfg.bridge_margin`, the bridges also take the object's margin where a sprite is near: the
     pixels the detector's grouping would join to the object (2 * detect_group_rows + 1 rows above and
-    below it, 2 * detect_group_cols + 1 columns either side: 3 and 1) that have a sprite pixel within as
-    many rows and `bridge_cols` columns, where a blurred outline of the sprite would merge the two.
+    below it, 2 * detect_group_cols + 1 columns either side: 7 and 1 by default) that have a sprite pixel
+    within as many rows and `bridge_cols` columns, where a blurred outline of the sprite would merge the two.
     """
     frames = (target[:, 0].float() * 255).round()
     sprite = (frames - row_background(frames)).abs() >= cfg.detect_min_contrast

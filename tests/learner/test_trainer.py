@@ -216,14 +216,38 @@ def test_auxiliary_steps_train_the_decoder_on_object_frames_and_the_clone_term_h
     assert aux_update(Agent(none.env.obs_shape, 14, none.model), optimizer, planted_buffer(none), none) == {}
 
 
+def test_detached_auxiliary_steps_train_the_decoder_and_the_locator_and_leave_the_encoder_and_policy_as_they_were(
+        smoke_config):
+    from agent.learner.update import aux_update
+    from agent.models import Agent
+
+    config = smoke_config("recon.aux_steps=12", "recon.aux_batch=8", "recon.aux_detach=true", "recon.aug_shift=2",
+                          "ppo.num_steps=4", "env.num_envs=8")
+    torch.manual_seed(0)
+    agent = Agent(config.env.obs_shape, 14, config.model)
+    optimizer = torch.optim.Adam(agent.parameters(), lr=1e-3)
+    before = {name: p.detach().clone() for name, p in agent.named_parameters()}
+    buffer = planted_buffer(config)
+    first = aux_update(agent, optimizer, buffer, config)
+    last = aux_update(agent, optimizer, buffer, config)
+    assert last["losses/aux_recon"] < first["losses/aux_recon"]
+    assert first["losses/aux_clone"] == last["losses/aux_clone"] == 0.0
+    moved = {name.split(".")[0] for name, p in agent.named_parameters() if not torch.equal(p, before[name])}
+    assert moved == {"decoder", "locator"}
+
+
 def test_the_auxiliary_phase_steps_its_own_optimizer_and_leaves_ppos_alone(tmp_path, smoke_config):
     # Smoke: 2 updates of 1 epoch x 2 minibatches; 3 auxiliary steps each. Adam counts its steps per parameter.
-    config = smoke_config("recon.aux_steps=3", "recon.aux_batch=8")
+    # Both learning rates anneal, each from its own start: at update 2 of 2 they are at half.
+    config = smoke_config("recon.aux_steps=3", "recon.aux_batch=8", "recon.aux_lr=1e-3", "ppo.anneal_lr=true")
+    assert config.num_updates == 2
     train(config, tmp_path / "aux", progress=False)
     state = latest(tmp_path / "aux")
     ppo_steps = {float(v["step"]) for v in state["optimizer"]["state"].values()}
     aux_steps = {float(v["step"]) for v in state["aux_optimizer"]["state"].values()}
     assert ppo_steps == {4.0} and aux_steps == {6.0}
+    assert state["optimizer"]["param_groups"][0]["lr"] == pytest.approx(config.ppo.lr / 2)
+    assert state["aux_optimizer"]["param_groups"][0]["lr"] == pytest.approx(1e-3 / 2)
     train(smoke_config(), tmp_path / "plain", progress=False)
     assert "aux_optimizer" not in latest(tmp_path / "plain")
 

@@ -180,3 +180,17 @@ def test_the_faint_pass_keeps_out_the_soft_outline_of_a_drawn_fighter():
     frame[37:41, 48:53] = KNIFE  # a 5 x 4 faint group: taller than detect_faint_max_height's 3 rows
     assert detect_small_objects(frame) == []
     assert detect_small_objects(frame, ReconConfig(detect_faint_max_height=4)) == [(48, 37, 5, 4)]
+
+
+def test_a_fighter_drawn_with_wide_gaps_is_one_sprite_and_a_knife_beside_it_is_still_found():
+    # A fighter as a decoder draws it where it is unsure of the dark hair and belt: head, body and legs
+    # split by 4 and 5 empty rows, each piece under detect_max_height. Joined, they are one sprite 34 rows
+    # tall; a detector that joins pieces only one row apart cuts it into three small objects.
+    frame = band()
+    frame[20:28, 60:67] = 214  # head and shoulders, rows 20-27
+    frame[32:44, 59:68] = 214  # body, rows 32-43
+    frame[49:54, 60:67] = 214  # legs, rows 49-53
+    assert detect_small_objects(frame) == []
+    assert len(detect_small_objects(frame, ReconConfig(detect_group_rows=1))) == 3
+    frame[40:42, 72:77] = KNIFE  # a knife 4 columns in front of the body
+    assert detect_small_objects(frame) == [(72, 40, 5, 2)]

@@ -61,22 +61,23 @@ def scene_with_fighters() -> np.ndarray:
 
 
 def test_bridge_is_the_wall_between_a_knife_and_a_near_fighter():
+    # The margins below are those of a detector that joins pieces one row apart (detect_group_rows 1).
     frame = scene_with_fighters()
     masks = object_masks(frame[None], ReconConfig(mask_grow=0))
     expected = np.zeros((H, W), dtype=bool)
     expected[29:33, 28:30] = True  # the knife's rows, one up and down, over the two wall columns
     no_margin = bridge_mask(as_target(frame[None]), torch.from_numpy(masks).unsqueeze(1),
-                            ReconConfig(bridge_cols=6, bridge_margin=False))[0, 0].numpy()
+                            ReconConfig(detect_group_rows=1, bridge_cols=6, bridge_margin=False))[0, 0].numpy()
     assert (no_margin == expected).all()
     bridge = bridge_mask(as_target(frame[None]), torch.from_numpy(masks).unsqueeze(1),
-                         ReconConfig(bridge_cols=6))[0, 0].numpy()
+                         ReconConfig(detect_group_rows=1, bridge_cols=6))[0, 0].numpy()
     # Knife 1's margin, 3 rows up and down and one column either side, where fighter 1 is within 3 rows
     # and 6 columns (up to column 33); knife 2 and 3 have no sprite that near, and none over or under them.
     expected[27:35, 29:34] = True
     expected[30:32, 30:34] = False  # the knife itself
     assert (bridge == expected).all()
     wide = bridge_mask(as_target(frame[None]), torch.from_numpy(masks).unsqueeze(1),
-                       ReconConfig(bridge_cols=10))[0, 0].numpy()
+                       ReconConfig(detect_group_rows=1, bridge_cols=10))[0, 0].numpy()
     expected[39:43, 108:117] = True  # knife 3 now bridges to fighter 2, 9 columns away
     expected[37:45, 116:118] = True  # and has a margin on its left, up to 10 columns from fighter 2
     expected[27:35, 34:36] = True  # knife 1's whole margin is within 10 columns of fighter 1
@@ -94,17 +95,24 @@ def test_bridge_over_a_fighter_is_the_wall_between_them():
     masks = torch.from_numpy(object_masks(frame[None], ReconConfig(mask_grow=0))).unsqueeze(1)
     expected = np.zeros((H, W), dtype=bool)
     expected[35:41, 61:68] = True
-    bridge = bridge_mask(as_target(frame[None]), masks, ReconConfig(bridge_cols=6, bridge_rows=6))[0, 0]
+    target = as_target(frame[None])
+    bridge = bridge_mask(target, masks, ReconConfig(detect_group_rows=1, bridge_cols=6, bridge_rows=6))[0, 0]
     assert (bridge.numpy() == expected).all()
     # The fighter is 6 wall rows away, beyond the knife's margin (3 rows): bridge_rows 5 leaves no bridge.
-    assert not bridge_mask(as_target(frame[None]), masks, ReconConfig(bridge_cols=6, bridge_rows=5)).any()
-    assert not bridge_mask(as_target(frame[None]), masks, ReconConfig(bridge_cols=6, bridge_rows=0)).any()
+    assert not bridge_mask(target, masks, ReconConfig(detect_group_rows=1, bridge_cols=6, bridge_rows=5)).any()
+    assert not bridge_mask(target, masks, ReconConfig(detect_group_rows=1, bridge_cols=6, bridge_rows=0)).any()
+    # A detector that joins pieces up to 6 empty rows apart (detect_group_rows 3) would join the two: the
+    # knife's margin reaches 7 rows down, one column either side, to the fighter's top row.
+    margin = bridge_mask(target, masks, ReconConfig(detect_group_rows=3, bridge_cols=6, bridge_rows=0))[0, 0].numpy()
+    expected[34:42, 61:68] = True
+    expected[33:35, 62:67] = False  # the knife
+    assert (margin == expected).all()
 
 
 def test_weight_map_weighs_bridges_when_given_the_targets():
     frame = scene_with_fighters()
     masks = torch.from_numpy(object_masks(frame[None], ReconConfig(mask_grow=1)))  # knife 1's ring
-    cfg = ReconConfig(object_weight=100.0, mask_grow=1, bridge_cols=6, bridge_weight=30.0)
+    cfg = ReconConfig(detect_group_rows=1, object_weight=100.0, mask_grow=1, bridge_cols=6, bridge_weight=30.0)
     wmap = weight_map(masks, (1, 1, H, W), cfg, target=as_target(frame[None]))[0, 0]
     expected = torch.ones(H, W)
     # The margin of knife 1 grown by its ring, 3 rows up and down and one column either side, up to

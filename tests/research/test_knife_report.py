@@ -100,7 +100,8 @@ def test_the_report_on_a_fresh_agent_writes_every_contract_key(tmp_path):
     save_checkpoint(checkpoint_state(agent, config), checkpoint)
     out = tmp_path / "knives"
     proc = run_script("knife_report.py", "--checkpoint", str(checkpoint), "--out", str(out), "--games", "2",
-                      "--held-out", "1", "--max-frames", "3000", "--no-progress", timeout=600)
+                      "--held-out", "1", "--max-frames", "3000", "--no-progress", "--set", "recon.detect_group_rows=2",
+                      timeout=600)
     assert proc.returncode == 0, proc.stderr
     report = json.loads((out / "report.json").read_text())
     for key in ("input_recall", "recon_recall", "recon_false_per_empty", "knife_frames", "knife_hits_per_game"):
@@ -110,6 +111,13 @@ def test_the_report_on_a_fresh_agent_writes_every_contract_key(tmp_path):
         assert set(probe) == {"agent", "random_init"}
     assert report["knife_frames"] > 0 and report["input_recall"] > 0.9  # the detector finds random play's knives
     assert cv2.imread(str(out / "knives.png")).ndim == 3
+    assert config.recon.detect_group_rows != 2 and report["settings"]["recon"]["detect_group_rows"] == 2
+
+
+def test_the_report_sets_only_the_detectors_keys(tmp_path):
+    proc = run_script("knife_report.py", "--checkpoint", str(tmp_path / "none.pt"), "--out", str(tmp_path / "k"),
+                      "--set", "ppo.lr=1e-3")
+    assert proc.returncode == 2 and proc.stderr.count("\n") == 1 and "recon.detect_" in proc.stderr
 
 
 def test_another_game_is_refused_in_one_line(tmp_path):
