@@ -238,7 +238,8 @@ class ReconConfig:
     """Auxiliary steps after each update: this many minibatches of `aux_batch` rollout frames (those with
     an object first) on which only the decoder's and the locator's losses train the encoder, with a
     behaviour-cloning term that keeps the policy where the update left it (PPG's auxiliary phase,
-    Cobbe et al. 2021), stepped by an Adam of their own at PPO's learning rate. 0: none."""
+    Cobbe et al. 2021), stepped by an Adam of their own (`aux_lr`). With `aux_detach` they train the
+    decoder and the locator alone. 0: none."""
     aux_batch: int = 64
     """Frames per auxiliary step, >= 1."""
     aux_lr: float = 0.0
