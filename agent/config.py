@@ -234,17 +234,18 @@ class ReconConfig:
     locate_pos_weight: float = 5.0
     """Weight, in the locator's loss, of a cell that holds an object against an empty one, >= 1 (a knife
     fills one or two of the default grid's 27 cells)."""
-    aux_steps: int = 0
+    aux_steps: int = 8
     """Auxiliary steps after each update: this many minibatches of `aux_batch` rollout frames (those with
-    an object first) on which only the decoder's and the locator's losses train the encoder, with a
-    behaviour-cloning term that keeps the policy where the update left it (PPG's auxiliary phase,
-    Cobbe et al. 2021), stepped by an Adam of their own (`aux_lr`). With `aux_detach` they train the
-    decoder and the locator alone. 0: none."""
+    an object first) on which only the decoder's and the locator's losses train, stepped by an Adam of
+    their own (`aux_lr`). With `aux_detach` they train the decoder and the locator alone, which read the
+    code more sharply than the update's few decoder steps teach them to; without it the encoder too, with
+    a behaviour-cloning term that keeps the policy where the update left it (PPG's auxiliary phase,
+    Cobbe et al. 2021). 0: none."""
     aux_batch: int = 64
     """Frames per auxiliary step, >= 1."""
     aux_lr: float = 0.0
     """Learning rate of the auxiliary phase's Adam, >= 0, annealed as PPO's (ppo.anneal_lr); 0: ppo.lr."""
-    aux_detach: bool = False
+    aux_detach: bool = True
     """The auxiliary steps read the code detached, on clean frames: they train the decoder and the locator
     alone (their readout of the code), the encoder and the policy stay as the update left them, and no
     cloning term is needed. False: they train the encoder as well."""
@@ -295,6 +296,12 @@ class ReconConfig:
         return self.locate_coef > 0
 
     @property
+    def auxiliary(self) -> bool:
+        """Whether the auxiliary steps run: `aux_steps` above 0 and a loss for them to train (the
+        decoder's or the locator's) on."""
+        return self.aux_steps > 0 and (self.decodes or self.locates)
+
+    @property
     def augments(self) -> bool:
         """Whether the decoder's loss perturbs its frames (noise or shifts)."""
         return self.aug_noise_std > 0 or self.aug_shift > 0
@@ -318,9 +325,6 @@ class ReconConfig:
         _check(self.aux_batch >= 1, "recon.aux_batch", "must be at least 1")
         _check(self.aux_clone_coef >= 0, "recon.aux_clone_coef", "must be non-negative")
         _check(self.aux_lr >= 0, "recon.aux_lr", "must be 0 (ppo.lr) or positive")
-        _check(not (self.aux_detach and self.aux_steps > 0 and not (self.decodes or self.locates)),
-               "recon.aux_detach", "needs recon.coef or recon.locate_coef above 0: detached, the auxiliary "
-               "steps train the decoder and the locator alone")
         _check(1 <= self.detect_min_contrast <= 255, "recon.detect_min_contrast", "must be in [1, 255]")
         _check(self.detect_max_width >= 1, "recon.detect_max_width", "must be at least 1")
         _check(self.detect_max_height >= 1, "recon.detect_max_height", "must be at least 1")
@@ -540,7 +544,7 @@ def drop_retired(data: dict[str, Any]) -> dict[str, Any]:
     return data
 
 
-ADDED = {"recon": {"error": "squared"}}
+ADDED = {"recon": {"error": "squared", "aux_detach": False}}
 """Keys newer than some saved configs, with the value that reproduces what the versions before them did
 where it differs from today's default: a saved config without such a key is read with that value."""
 

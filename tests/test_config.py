@@ -43,8 +43,6 @@ def test_overrides_reach_nested_keys_and_derived_values_follow():
         ({}, ["recon.bridge_cols=-1"], "recon.bridge_cols: must be non-negative"),
         ({}, ["recon.bridge_rows=-1"], "recon.bridge_rows: must be non-negative"),
         ({}, ["recon.bridge_weight=-1"], "recon.bridge_weight: must be non-negative"),
-        ({}, ["recon.aux_steps=4", "recon.aux_detach=true", "recon.coef=0", "recon.locate_coef=0"],
-         "recon.aux_detach: needs recon.coef or recon.locate_coef above 0"),
         ({"env": 3}, [], "env: expected a mapping"),
     ],
 )
@@ -97,3 +95,11 @@ def test_a_saved_config_from_before_the_decoders_error_was_an_option_keeps_the_s
     assert config_from_dict(saved).recon.error == "smooth_l1"  # a config file: today's default
     assert config_from_dict(fill_added(saved)).recon.error == "squared"  # a checkpoint's: what it trained with
     assert config_from_dict(fill_added(Config().to_dict())) == Config()  # a key it has stays as it is
+
+
+def test_a_saved_config_from_before_detached_auxiliary_steps_keeps_them_training_the_encoder():
+    saved = config_from_dict({}, ["recon.aux_steps=8"]).to_dict()
+    del saved["recon"]["aux_detach"], saved["recon"]["aux_lr"]
+    assert config_from_dict(saved).recon.aux_detach  # a config file: today's default
+    old = config_from_dict(fill_added(saved))  # a checkpoint's: what it trained with
+    assert not old.recon.aux_detach and old.aux_lr == old.ppo.lr

@@ -69,7 +69,7 @@ class Session:
     started: float = 0.0
     """time.time() of the run's start, as if it had never stopped: the run's wall seconds are now - started."""
     aux_optimizer: torch.optim.Optimizer | None = None
-    """The auxiliary phase's own Adam (recon.aux_steps > 0): PPO's momentum must not drive its steps."""
+    """The auxiliary phase's own Adam (when `recon.auxiliary`): PPO's momentum must not drive its steps."""
 
 
 def train(config: Config, run_dir: str | Path, resume: bool = False, max_updates: int | None = None,
@@ -179,7 +179,7 @@ def start_session(config: Config, run_dir: Path, resume: bool, ranks: Ranks) -> 
     agent = place(Agent(config.env.obs_shape, env.num_actions, config.model), device)
     ranks.synchronize_start(agent, config.train.seed)
     optimizer = torch.optim.Adam(agent.parameters(), lr=config.ppo.lr, eps=1e-5)
-    aux_optimizer = (torch.optim.Adam(agent.parameters(), lr=config.aux_lr, eps=1e-5) if config.recon.aux_steps > 0
+    aux_optimizer = (torch.optim.Adam(agent.parameters(), lr=config.aux_lr, eps=1e-5) if config.recon.auxiliary
                      else None)
     update = frames = games = 0
     wall_seconds = 0.0

@@ -107,13 +107,13 @@ def aux_update(agent: Agent, optimizer: torch.optim.Optimizer, buffer: RolloutBu
     drawn from the rollout's frames with an object and as many without, the policy held in place by a
     behaviour-cloning KL term (with `recon.aux_detach`: on the code of the clean frames, detached, which
     trains the decoder and the locator alone); returns `losses/aux_*` scalars. No-op (an empty dict) without
-    masks.
+    masks or without a loss to train (`recon.auxiliary`).
 
     `optimizer` is the phase's own, not PPO's: an Adam whose momentum PPO's steps set would carry PPO's
     direction into these steps, whose gradients are a hundredth of PPO's."""
     cfg = config.recon
     masks = buffer.object_masks()
-    if cfg.aux_steps == 0 or masks is None:
+    if not cfg.auxiliary or masks is None:
         return {}
     obs = buffer.obs.flatten(0, 1)
     device = obs.device

@@ -197,7 +197,7 @@ def test_auxiliary_steps_train_the_decoder_on_object_frames_and_the_clone_term_h
     kl = {}
     for clone in (0.0, 10.0):
         config = smoke_config("recon.aux_steps=12", "recon.aux_batch=8", f"recon.aux_clone_coef={clone}",
-                              "ppo.num_steps=4", "env.num_envs=8")
+                              "recon.aux_detach=false", "ppo.num_steps=4", "env.num_envs=8")
         torch.manual_seed(0)
         agent = Agent(config.env.obs_shape, 14, config.model)
         with torch.no_grad():
@@ -212,8 +212,9 @@ def test_auxiliary_steps_train_the_decoder_on_object_frames_and_the_clone_term_h
         after = torch.log_softmax(agent.actor(agent.encode(frames)), -1).detach()
         kl[clone] = torch.nn.functional.kl_div(after, before, log_target=True, reduction="batchmean").item()
     assert kl[10.0] < 0.5 * kl[0.0]
-    none = smoke_config("recon.aux_steps=0")
-    assert aux_update(Agent(none.env.obs_shape, 14, none.model), optimizer, planted_buffer(none), none) == {}
+    for off in (["recon.aux_steps=0"], ["recon.coef=0", "recon.locate_coef=0"]):  # nothing for them to train
+        none = smoke_config(*off)
+        assert aux_update(Agent(none.env.obs_shape, 14, none.model), optimizer, planted_buffer(none), none) == {}
 
 
 def test_detached_auxiliary_steps_train_the_decoder_and_the_locator_and_leave_the_encoder_and_policy_as_they_were(
@@ -248,7 +249,7 @@ def test_the_auxiliary_phase_steps_its_own_optimizer_and_leaves_ppos_alone(tmp_p
     assert ppo_steps == {4.0} and aux_steps == {6.0}
     assert state["optimizer"]["param_groups"][0]["lr"] == pytest.approx(config.ppo.lr / 2)
     assert state["aux_optimizer"]["param_groups"][0]["lr"] == pytest.approx(1e-3 / 2)
-    train(smoke_config(), tmp_path / "plain", progress=False)
+    train(smoke_config("recon.aux_steps=0"), tmp_path / "plain", progress=False)
     assert "aux_optimizer" not in latest(tmp_path / "plain")
 
 
