@@ -124,9 +124,9 @@ def aux_update(agent: Agent, optimizer: torch.optim.Optimizer, buffer: RolloutBu
     keep = max(len(with_object), cfg.aux_batch - len(with_object))
     pool = torch.cat([with_object, without[torch.randperm(len(without), device=device)[:keep]]])
     agent.train()
-    with torch.no_grad():  # the policy the auxiliary steps must not move; the detached steps' code
+    with torch.no_grad():  # the detached steps' code; else the policy the steps must not move
         codes = torch.cat([agent.encode(obs[part]) for part in pool.split(256)])
-        old_logits = agent.actor(codes)
+        old_logits = None if cfg.aux_detach else agent.actor(codes)
     totals = {"losses/aux_recon": 0.0, "losses/aux_locate": 0.0, "losses/aux_clone": 0.0}
     whole = dataclasses.replace(cfg, decode_share=1.0)
     if cfg.aux_detach:  # the code of the clean frames: perturbed ones would need the encoder again
