@@ -17,11 +17,12 @@ def latest(run_dir):
     return load_checkpoint(run_dir / "checkpoints" / "latest.pt")
 
 
-@pytest.mark.parametrize("aux_steps", [0, 2])
-def test_resumed_training_equals_uninterrupted_training(tmp_path, smoke_config, aux_steps):
-    # A 120-frame cap makes games end (and reseed) inside the run, so the replay is exercised too.
+@pytest.mark.parametrize(("aux_steps", "aux_detach"), [(0, True), (2, True), (2, False)])
+def test_resumed_training_equals_uninterrupted_training(tmp_path, smoke_config, aux_steps, aux_detach):
+    # A 120-frame cap makes games end (and reseed) inside the run, so the replay is exercised too. Auxiliary
+    # steps that train the encoder (aux_detach false, as in checkpoints from before it) draw augmentations.
     config = smoke_config("train.total_frames=512", "env.max_episode_frames=120", f"recon.aux_steps={aux_steps}",
-                          "recon.aux_batch=8")
+                          "recon.aux_batch=8", f"recon.aux_detach={str(aux_detach).lower()}", "recon.aug_shift=2")
     train(config, tmp_path / "whole", progress=False)
     train(config, tmp_path / "split", max_updates=2, progress=False)
     assert latest(tmp_path / "split")["counters"]["update"] == 2
