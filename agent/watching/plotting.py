@@ -32,6 +32,8 @@ from matplotlib.ticker import FuncFormatter  # noqa: E402
 from agent.env.scores import reference_scores  # noqa: E402
 
 SCORE = "charts/game_score_mean100"
+LEGEND_INSIDE = 12
+"""Most legend entries drawn inside the score panel; a longer legend goes beside it."""
 # The smaller panels, in order; a panel no run has data for is left out.
 PANELS = [
     ("losses/policy", "policy loss"),
@@ -164,22 +166,29 @@ def _frames_formatter(value: float, _pos: int) -> str:
 
 def _score_panel(ax: plt.Axes, runs: list[RunData], colours: list, groups: list[RunGroup] = ()) -> None:
     drawn: list[float] = []
-    grouped = {id(run) for group in groups for run in group.runs}
+    # A grouped run's evaluations take its group's colour, with one legend entry for the whole group.
+    group_of = {id(run): (i, group) for i, group in enumerate(groups) for run in group.runs}
+    labelled: set[int] = set()
     for run, colour in zip(runs, colours, strict=True):
         data = run.series(SCORE)
-        if data is not None and id(run) not in grouped:
+        if data is not None and id(run) not in group_of:
             ax.plot(*data, color=colour, lw=1.8, label=f"{run.name}: mean of last 100 games")
             drawn += [float(data[1].min()), float(data[1].max())]
         if run.evals:
+            label = f"{run.name}: evaluation (mean, std)"
+            if id(run) in group_of:
+                i, group = group_of[id(run)]
+                colour = _group_colour(i)
+                label = f"{group.name}: evaluations (mean, std), one per run" if i not in labelled else None
+                labelled.add(i)
             frames, means, stds = (np.array(v) for v in zip(*run.evals, strict=True))
-            ax.errorbar(frames, means, yerr=stds, fmt="o", color=colour, ms=5, capsize=3,
-                        label=f"{run.name}: evaluation (mean, std)")
+            ax.errorbar(frames, means, yerr=stds, fmt="o", color=colour, ms=5, capsize=3, label=label)
             drawn += [float((means - stds).min()), float((means + stds).max())]
     for i, group in enumerate(groups):
         band = group.band()
         if band is None:
             continue
-        colour = plt.get_cmap("Dark2")(i % 8)
+        colour = _group_colour(i)
         x, mean, low, high = band
         count = f"{len(group.runs)} run" + ("s" if len(group.runs) > 1 else "")
         ax.plot(x, mean, color=colour, lw=2.2, label=f"{group.name}: mean of {count}")
@@ -200,8 +209,15 @@ def _score_panel(ax: plt.Axes, runs: list[RunData], colours: list, groups: list[
             "right", functions=(lambda s: (s - random) / (human - random), lambda h: random + h * (human - random))
         )
         secondary.set_ylabel("human-normalized")
-    if ax.get_legend_handles_labels()[0]:
+    entries = len(ax.get_legend_handles_labels()[0])
+    if entries > LEGEND_INSIDE:
+        ax.legend(loc="upper left", bbox_to_anchor=(1.08, 1.0), fontsize=8)  # beside the panel, past its right axis
+    elif entries:
         ax.legend(loc="upper left", fontsize=8)
+
+
+def _group_colour(i: int) -> tuple[float, ...]:
+    return plt.get_cmap("Dark2")(i % 8)
 
 
 def _reference_lines(ax: plt.Axes, ref: tuple[float, float], bottom: float, top: float) -> None:
@@ -257,8 +273,18 @@ def plot_runs(runs: list[RunData], groups: list[RunGroup] = ()) -> Figure:
         ax.grid(alpha=0.3)
         ax.set_xlabel(x_label, fontsize=8)
     if len(runs) > 1 and len(axes) > 1:
-        axes[1].legend(fontsize=8)
-    fig.suptitle(", ".join(run.name for run in runs), fontsize=12)
+        if len(runs) > LEGEND_INSIDE and len(panels) % ncols:
+            # The runs' names fill the first free cell of the last row rather than cover a panel.
+            spare = fig.add_subplot(grid[nrows, len(panels) % ncols])
+            spare.axis("off")
+            spare.legend(*axes[1].get_legend_handles_labels(), loc="upper left", fontsize=8,
+                         ncols=2 if len(runs) > 2 * LEGEND_INSIDE // 3 else 1)
+        else:
+            axes[1].legend(fontsize=8)
+    grouped = {id(run) for group in groups for run in group.runs}
+    names = [f"{group.name} ({len(group.runs)})" for group in groups]
+    names += [run.name for run in runs if id(run) not in grouped]
+    fig.suptitle(", ".join(names), fontsize=12)
     return fig
 
 

@@ -98,3 +98,28 @@ def test_bad_input_is_one_line_and_exit_code_2(case, tmp_path):
     proc = run_script("plot_run.py", *args)
     assert proc.returncode == 2
     assert len(proc.stderr.strip().splitlines()) == 1 and proc.stderr.startswith("error: "), proc.stderr
+
+
+def test_a_groups_evaluations_share_its_colour_and_one_legend_entry_and_the_title_counts_its_runs(tmp_path):
+    from matplotlib.colors import to_rgba
+
+    from agent.watching.plotting import RunGroup
+
+    runs = []
+    for k in (1, 2, 3):
+        run = write_run(tmp_path / f"s{k}", ["frames", "charts/game_score_mean100"],
+                        [[i * 100, 1000 * k + 10 * i] for i in range(11)])
+        (run / "eval").mkdir()
+        (run / "eval" / "e.json").write_text(json.dumps({"mean_score": 900.0 * k, "std_score": 10.0,
+                                                         "checkpoint_counters": {"frames": 1000}}))
+        runs.append(load_run(run))
+    alone = load_run(write_run(tmp_path / "alone", ["frames", "charts/game_score_mean100"], [[0, 5], [100, 6]]))
+    fig = plot_runs([*runs, alone], [RunGroup("seeds", runs)])
+    ax = fig.axes[0]
+    labels = ax.get_legend_handles_labels()[1]
+    assert [label for label in labels if "evaluation" in label] == ["seeds: evaluations (mean, std), one per run"]
+    band = next(c for c in ax.collections if c.get_label() == "seeds: lowest to highest run")
+    points = [line for line in ax.get_lines() if line.get_marker() == "o"]
+    assert sorted(line.get_ydata()[0] for line in points) == [900.0, 1800.0, 2700.0]
+    assert {to_rgba(line.get_color()) for line in points} == {tuple(band.get_facecolor()[0][:3]) + (1.0,)}
+    assert fig._suptitle.get_text() == "seeds (3), alone"
