@@ -206,7 +206,7 @@ class ReconConfig:
     """smooth_l1: gray levels (0-255 scale) of error below which it is squared, > 0; keep it below
     `detect_min_contrast` so that an unsure pixel stays under the detector's threshold."""
     object_weight: float = 100.0
-    """weighted: weight of a pixel inside a small object's mask, >= 0; any other pixel weighs 1."""
+    """weighted: weight of a pixel inside a small object's mask, >= 0."""
     mask_grow: int = 0
     """Pixels each detected box grows by, on every side, before it becomes the object mask, >= 0."""
     bridge_cols: int = 6
@@ -219,6 +219,10 @@ class ReconConfig:
     """weighted, with bridges on: also weigh the object's margin where a sprite is near as a bridge."""
     bridge_weight: float = 200.0
     """weighted: weight of a bridge or margin pixel, >= 0."""
+    sprite_weight: float = 1.0
+    """weighted: weight of a sprite pixel of the target (at least detect_min_contrast gray levels off its
+    row's background) outside the objects and bridges, >= 0; the wall weighs 1. Above 1 the decoder draws
+    a fighter whole where the code leaves it unsure, not as a knife-sized piece of him."""
     aug_noise_std: float = 0.0
     """Std of Gaussian noise, in gray levels (0-255 scale), added to the encoder's input of the decoder's
     loss; the target stays clean (a denoising autoencoder). 0: off."""
@@ -316,6 +320,7 @@ class ReconConfig:
         _check(self.bridge_cols >= 0, "recon.bridge_cols", "must be non-negative")
         _check(self.bridge_rows >= 0, "recon.bridge_rows", "must be non-negative")
         _check(self.bridge_weight >= 0, "recon.bridge_weight", "must be non-negative")
+        _check(self.sprite_weight >= 0, "recon.sprite_weight", "must be non-negative")
         _check(self.aug_noise_std >= 0, "recon.aug_noise_std", "must be non-negative")
         _check(self.aug_shift >= 0, "recon.aug_shift", "must be non-negative")
         _check(0 < self.decode_share <= 1, "recon.decode_share", "must be in (0, 1]")

@@ -7,7 +7,8 @@ weighted loss is mean(W * (pred - target)^2) with a per-pixel weight map W (`wei
 - `recon.object_weight` inside each small object's mask (its detected box, grown by `recon.mask_grow`);
 - `recon.bridge_weight` on its bridges and margin (`bridge_mask`): the wall between a knife and a sprite
   beside, above or below it, which must be drawn as wall for the detector to see the knife apart;
-- 1 everywhere else. With no objects it is plain MSE.
+- `recon.sprite_weight` on the other sprite pixels of the target (`sprite_pixels`), the fighters;
+- 1 on the wall. With no objects and sprite_weight 1 it is plain MSE.
 
 How the weights were chosen: docs/experiments/notebook.md.
 """
@@ -36,7 +37,8 @@ def weight_map(masks: torch.Tensor | None, shape: tuple[int, ...], cfg: ReconCon
 
     `masks` is bool (N, h, w) or None (no objects anywhere); `shape` is the (N, 1, h, w) of the frames.
     The weighted loss with bridges on (`recon.bridge_cols` or `recon.bridge_rows`) also weighs the
-    bridges and margins (`bridge_mask`) of the target frames (N, 1, h, w) in [0, 1], when they are given.
+    bridges and margins (`bridge_mask`) of the target frames (N, 1, h, w) in [0, 1], when they are given,
+    and with `recon.sprite_weight` other than 1 their sprite pixels (`sprite_pixels`).
     """
     if cfg.loss == "plain":
         return torch.ones(shape, device=device)
@@ -44,6 +46,8 @@ def weight_map(masks: torch.Tensor | None, shape: tuple[int, ...], cfg: ReconCon
         masks = torch.zeros((shape[0], *shape[2:]), dtype=torch.bool, device=device)
     obj = masks.unsqueeze(1).to(torch.bool)
     background = torch.ones(shape, device=obj.device)
+    if cfg.sprite_weight != 1 and target is not None:
+        background = torch.where(sprite_pixels(target, cfg).unsqueeze(1), cfg.sprite_weight, background)
     if cfg.bridges and target is not None:
         background = torch.where(bridge_mask(target, obj, cfg), cfg.bridge_weight, background)
     return torch.where(obj, torch.tensor(cfg.object_weight, device=obj.device), background)
@@ -66,8 +70,7 @@ def bridge_mask(target: torch.Tensor, obj: torch.Tensor, cfg: ReconConfig) -> to
     below it, 2 * detect_group_cols + 1 columns either side: 7 and 1 by default) that have a sprite pixel
     within as many rows and `bridge_cols` columns, where a blurred outline of the sprite would merge the two.
     """
-    frames = (target[:, 0].float() * 255).round()
-    sprite = (frames - row_background(frames)).abs() >= cfg.detect_min_contrast
+    sprite = sprite_pixels(target, cfg)
     obj = obj[:, 0]
     bridge = _bridges_along_rows(obj, sprite, cfg.bridge_cols)
     if cfg.bridge_rows:
@@ -76,6 +79,13 @@ def bridge_mask(target: torch.Tensor, obj: torch.Tensor, cfg: ReconConfig) -> to
         rows, cols = 2 * cfg.detect_group_rows + 1, 2 * cfg.detect_group_cols + 1
         bridge |= _dilate(obj, rows, cols) & ~obj & _dilate(sprite & ~obj, rows, cfg.bridge_cols)
     return bridge.unsqueeze(1)
+
+
+def sprite_pixels(target: torch.Tensor, cfg: ReconConfig) -> torch.Tensor:
+    """bool (N, h, w): the pixels of frames (N, 1, h, w) in [0, 1] at least `detect_min_contrast` gray
+    levels from their row's background, as the detector has it: the sprites, knives included."""
+    frames = (target[:, 0].float() * 255).round()
+    return (frames - row_background(frames)).abs() >= cfg.detect_min_contrast
 
 
 def _dilate(mask: torch.Tensor, rows: int, cols: int) -> torch.Tensor:

@@ -1,4 +1,5 @@
 import math
+from dataclasses import replace
 
 import numpy as np
 import pytest
@@ -124,6 +125,21 @@ def test_weight_map_weighs_bridges_when_given_the_targets():
     # Without the targets there are no bridges.
     no_bridges = ReconConfig(object_weight=100.0, bridge_cols=0, bridge_rows=0)
     assert (weight_map(masks, (1, 1, H, W), cfg) == weight_map(masks, (1, 1, H, W), no_bridges)).all()
+
+
+def test_weight_map_weighs_the_fighters_at_sprite_weight():
+    frame = scene_with_fighters()
+    masks = torch.from_numpy(object_masks(frame[None], ReconConfig(mask_grow=1)))
+    cfg = ReconConfig(detect_group_rows=1, mask_grow=1, bridge_cols=6, bridge_weight=30.0, sprite_weight=7.0)
+    wmap = weight_map(masks, (1, 1, H, W), cfg, target=as_target(frame[None]))[0, 0]
+    plain_fighters = weight_map(masks, (1, 1, H, W), replace(cfg, sprite_weight=1.0),
+                                target=as_target(frame[None]))[0, 0]
+    fighters = torch.zeros(H, W, dtype=torch.bool)
+    fighters[10:44, 20:28] = fighters[20:44, 100:108] = True
+    assert (wmap[fighters] == 7).all() and (plain_fighters[fighters] == 1).all()
+    # Everything else (the wall, the knives, the bridges) weighs as with sprite_weight 1.
+    assert (wmap[~fighters] == plain_fighters[~fighters]).all()
+    assert (wmap[29:33, 29:36] == 100).all()
 
 
 @pytest.mark.parametrize("loss", ["weighted"])
