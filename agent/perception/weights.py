@@ -46,22 +46,26 @@ def weight_map(masks: torch.Tensor | None, shape: tuple[int, ...], cfg: ReconCon
         masks = torch.zeros((shape[0], *shape[2:]), dtype=torch.bool, device=device)
     obj = masks.unsqueeze(1).to(torch.bool)
     background = torch.ones(shape, device=obj.device)
+    sprite = None
     if cfg.sprite_weight != 1 and target is not None:
-        background = torch.where(sprite_pixels(target, cfg).unsqueeze(1), cfg.sprite_weight, background)
+        sprite = sprite_pixels(target, cfg)
+        background = torch.where(sprite.unsqueeze(1), cfg.sprite_weight, background)
     if cfg.bridges and target is not None:
-        background = torch.where(bridge_mask(target, obj, cfg), cfg.bridge_weight, background)
+        background = torch.where(bridge_mask(target, obj, cfg, sprite), cfg.bridge_weight, background)
     return torch.where(obj, torch.tensor(cfg.object_weight, device=obj.device), background)
 
 
-def bridge_mask(target: torch.Tensor, obj: torch.Tensor, cfg: ReconConfig) -> torch.Tensor:
+def bridge_mask(target: torch.Tensor, obj: torch.Tensor, cfg: ReconConfig,
+                sprite: torch.Tensor | None = None) -> torch.Tensor:
     """The bridges of frames (N, 1, h, w) in [0, 1] with bool object masks (N, 1, h, w), as bool (N, 1, h, w).
 
     A bridge is the run of wall between a small object and the nearest other sprite pixel beside it on its
     rows, when the run is at most `cfg.bridge_cols` columns wide, or above or below it in its columns,
     when the run is at most `cfg.bridge_rows` rows tall: the pixels that must stay wall in a
     reconstruction for the detector to find the object apart from the sprite. Sprite pixels are those at
-    least `detect_min_contrast` gray levels from their row's background (as the detector has it, from the
-    same columns). The detector's grouping joins pixels one row apart, and diagonal neighbours: beside an
+    least `detect_min_contrast` gray levels from their row's background, as the detector has it, from the
+    same columns (`sprite_pixels`; `sprite`, bool (N, h, w), when the caller has them already).
+    The detector's grouping joins pixels one row apart, and diagonal neighbours: beside an
     object, sprites and the object's rows count one row up and down; above and below it, one column
     left and right. Only the rows (columns) the objects reach are searched.
 
@@ -70,7 +74,8 @@ def bridge_mask(target: torch.Tensor, obj: torch.Tensor, cfg: ReconConfig) -> to
     below it, 2 * detect_group_cols + 1 columns either side: 7 and 1 by default) that have a sprite pixel
     within as many rows and `bridge_cols` columns, where a blurred outline of the sprite would merge the two.
     """
-    sprite = sprite_pixels(target, cfg)
+    if sprite is None:
+        sprite = sprite_pixels(target, cfg)
     obj = obj[:, 0]
     bridge = _bridges_along_rows(obj, sprite, cfg.bridge_cols)
     if cfg.bridge_rows:
