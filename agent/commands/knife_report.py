@@ -65,7 +65,9 @@ def main(argv: list[str] | None = None) -> int:
     p = report["probes"]
     print(f"knife frames {report['knife_frames']} of {report['frames']}; detector on the input finds "
           f"{_f(report['input_recall'])} (within 3 px of a fighter {_f(report['input_recall_near_fighter'])}); the "
-          f"decoder redraws {_f(report['recon_recall'])} of those, with {_f(report['recon_false_per_empty'])} "
+          f"decoder redraws {_f(report['recon_recall'])} of those (within 3 px of a fighter "
+          f"{_f(report['recon_recall_near_fighter'])}, apart {_f(report['recon_recall_apart'])}), with "
+          f"{_f(report['recon_false_per_empty'])} "
           f"false boxes per knife-free frame (by chance it would redraw {_f(report['recon_recall_chance'])})")
     print(f"probes (agent / random init): present {_f(p['present']['agent'])} / {_f(p['present']['random_init'])}, "
           f"row {_f(p['row']['agent'])} / {_f(p['row']['random_init'])}, column {_f(p['column']['agent'])} / "

@@ -2,13 +2,14 @@
 
 A knife is 6-10 of the 9,216 pixels of a 64x144 frame and is on screen in about one frame in ten: under
 plain MSE, drawing it is worth about 1e-4 of the loss, less than the error of a fighter's outline. The
-weighted loss is mean(W * (pred - target)^2) with a per-pixel weight map W (`weight_map`):
+weighted loss is mean(W * err) with a per-pixel weight map W (`weight_map`) and err the per-pixel error
+of `recon.error` (smooth L1 or squared; agent.learner.recon.recon_loss):
 
 - `recon.object_weight` inside each small object's mask (its detected box, grown by `recon.mask_grow`);
 - `recon.bridge_weight` on its bridges and margin (`bridge_mask`): the wall between a knife and a sprite
   beside, above or below it, which must be drawn as wall for the detector to see the knife apart;
 - `recon.sprite_weight` on the other sprite pixels of the target (`sprite_pixels`), the fighters;
-- 1 on the wall. With no objects and sprite_weight 1 it is plain MSE.
+- 1 on the wall. With no objects and sprite_weight 1 it is the unweighted error (plain MSE when squared).
 
 How the weights were chosen: docs/experiments/notebook.md.
 """
@@ -33,7 +34,7 @@ def object_masks(frames: np.ndarray, cfg: ReconConfig) -> np.ndarray | None:
 
 def weight_map(masks: torch.Tensor | None, shape: tuple[int, ...], cfg: ReconConfig,
                device: torch.device | str | None = None, target: torch.Tensor | None = None) -> torch.Tensor:
-    """Per-pixel weights (N, 1, h, w) of the decoder's loss: loss = mean(weight_map * squared error).
+    """Per-pixel weights (N, 1, h, w) of the decoder's loss: loss = mean(weight_map * per-pixel error).
 
     `masks` is bool (N, h, w) or None (no objects anywhere); `shape` is the (N, 1, h, w) of the frames.
     The weighted loss with bridges on (`recon.bridge_cols` or `recon.bridge_rows`) also weighs the

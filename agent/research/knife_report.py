@@ -11,7 +11,9 @@ emulator's RAM as the truth of where each knife is (`agent.env.ram`).
    reconstruction. A box in a knife-free frame's reconstruction that matches none of the input's boxes is a
    false one. A reconstruction full of false boxes also "finds" knives that are not there: the chance
    level (`recon_recall_chance`) is the share of the knives' boxes, laid on the knife-free frames'
-   reconstructions, that a box of those overlaps as it would a knife's.
+   reconstructions, that a box of those overlaps as it would a knife's. Both recalls are also given for
+   the knives within `NEAR_FIGHTER_PX` of a fighter's RAM box (the player it is about to hit, the thrower
+   it has just left: `..._near_fighter`) and, for the decoder, the knives farther off (`recon_recall_apart`).
 3. Probes. Linear probes (logistic regression on the standardized code, classes weighted equally) are
    fitted on the first games and scored on the held-out rest, by balanced accuracy: is a knife on screen
    (`present`), is it the high or the low throw (`row`: the player ducks the first, jumps the second),
@@ -52,6 +54,8 @@ HIGH_LOW_ROW = 140
 """Native screen row between the high throw (y about 129) and the low one (about 152)."""
 COLUMN_PX = 16
 """Width of a column bin of the `column` probe, px."""
+NEAR_FIGHTER_PX = 3
+"""A knife this many pixels or fewer from a fighter's box counts as beside him."""
 KNIFE_DAMAGE = 5
 """A health drop of at least this much in one step is a knife's (a knife takes 7, a grip 1)."""
 
@@ -186,8 +190,8 @@ def detection_scores(data: Play, config: Config) -> dict[str, Any]:
         # The knives' boxes laid in turn on the knife-free frames: what the decoder's recall would be by chance.
         laid = np.array([(i, *data.knife[knife_rows[j % len(knife_rows)]]) for j, i in enumerate(empty)])
         chance = _share(match_objects(laid, recon_boxes))
-    near = np.array([min(ram_map.distance(data.knife[i], b) for b in [data.player[i], *data.enemies[i]]) <= 3
-                     for i in knife_rows], dtype=bool)
+    near = np.array([min(ram_map.distance(data.knife[i], b) for b in [data.player[i], *data.enemies[i]])
+                     <= NEAR_FIGHTER_PX for i in knife_rows], dtype=bool)
     return {
         "knife_frames": len(knife_rows),
         "input_recall": _share(found_in),
@@ -195,6 +199,8 @@ def detection_scores(data: Play, config: Config) -> dict[str, Any]:
         "knives_near_fighter": int(near.sum()),
         "recon_recall": _share(found_re[found_in]) if found_in.any() and decodes else None,
         "recon_recall_all": _share(found_re) if decodes else None,
+        "recon_recall_near_fighter": _share(found_re[found_in & near]) if decodes else None,
+        "recon_recall_apart": _share(found_re[found_in & ~near]) if decodes else None,
         "recon_false_per_empty": false / len(empty) if empty and decodes else None,
         "recon_recall_chance": chance,
         "knife_free_frames": len(empty),
@@ -391,6 +397,8 @@ def knife_report(agent: Agent, config: Config, out: Path, games: int = 6, held_o
         "knives_near_fighter": detection["knives_near_fighter"],
         "recon_recall": detection["recon_recall"],
         "recon_recall_all": detection["recon_recall_all"],
+        "recon_recall_near_fighter": detection["recon_recall_near_fighter"],
+        "recon_recall_apart": detection["recon_recall_apart"],
         "recon_false_per_empty": detection["recon_false_per_empty"],
         "recon_recall_chance": detection["recon_recall_chance"],
         "input_false_per_empty": detection["input_false_per_empty"],

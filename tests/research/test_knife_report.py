@@ -77,6 +77,20 @@ def test_a_decoder_whose_loss_is_off_has_no_recall_and_no_false_boxes():
     assert off["recon_recall_chance"] is None
 
 
+def test_the_decoders_recall_is_split_by_the_knifes_distance_to_a_fighter():
+    # The player's RAM box starts at x 70. Frame 1's knife (x 60-64) is 5 px from him, frame 2's (x 64-68)
+    # 1 px; both are in the input, and only frame 1's is drawn again.
+    data = fake_play([39, 39, 39], [4, 4, 4], knife_at={1, 2})
+    data.knife[2] = (64, 33, 5, 2)
+    data.frames[1][-1, 33:35, 60:65] = 60
+    data.frames[2][-1, 33:35, 64:69] = 60
+    data.recon[1][33:35, 60:65] = 60
+    scores = kr.detection_scores(data, load_config(ROOT / "configs" / "smoke.yaml"))
+    assert (scores["knives_near_fighter"], scores["input_recall_near_fighter"]) == (1, 1.0)
+    split = (scores["recon_recall"], scores["recon_recall_near_fighter"], scores["recon_recall_apart"])
+    assert split == (0.5, 0.0, 1.0)
+
+
 def test_false_boxes_where_knives_fly_set_the_chance_level_of_the_decoders_recall():
     # Knife-free frames 0, 3 and 4; knives in frames 1 and 2 at x 60 and 90. The knives' boxes are laid on
     # the knife-free frames in turn: frame 0 gets the first (x 60), frame 3 the second (x 90), frame 4 the
