@@ -26,7 +26,7 @@ import torch
 from agent.commands.cli import OneLineParser, positive
 from agent.config import ConfigError, config_from_dict
 from agent.env.protocol import PROTOCOL_MAX_FRAMES
-from agent.research.knife_report import ReportError, knife_report
+from agent.research.knife_report import NEAR_FIGHTER_PX, ReportError, knife_report
 from agent.runs.checkpoint import CheckpointError, load_agent
 from agent.runs.files import OutputPathError, check_output_dir, write_json_atomic
 
@@ -64,11 +64,11 @@ def main(argv: list[str] | None = None) -> int:
     write_json_atomic(report, out / "report.json")
     p = report["probes"]
     print(f"knife frames {report['knife_frames']} of {report['frames']}; detector on the input finds "
-          f"{_f(report['input_recall'])} (within 3 px of a fighter {_f(report['input_recall_near_fighter'])}); the "
-          f"decoder redraws {_f(report['recon_recall'])} of those (within 3 px of a fighter "
-          f"{_f(report['recon_recall_near_fighter'])}, apart {_f(report['recon_recall_apart'])}), with "
-          f"{_f(report['recon_false_per_empty'])} "
-          f"false boxes per knife-free frame (by chance it would redraw {_f(report['recon_recall_chance'])})")
+          f"{_f(report['input_recall'])} (within {NEAR_FIGHTER_PX} px of a fighter "
+          f"{_f(report['input_recall_near_fighter'])}); the decoder redraws {_f(report['recon_recall'])} of those "
+          f"(within {NEAR_FIGHTER_PX} px of a fighter {_f(report['recon_recall_near_fighter'])}, apart "
+          f"{_f(report['recon_recall_apart'])}), with {_f(report['recon_false_per_empty'])} false boxes per "
+          f"knife-free frame (by chance it would redraw {_f(report['recon_recall_chance'])})")
     print(f"probes (agent / random init): present {_f(p['present']['agent'])} / {_f(p['present']['random_init'])}, "
           f"row {_f(p['row']['agent'])} / {_f(p['row']['random_init'])}, column {_f(p['column']['agent'])} / "
           f"{_f(p['column']['random_init'])}")
