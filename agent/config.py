@@ -110,10 +110,12 @@ class ModelConfig:
     """Clip for standardized inputs (running and row_contrast normalization)."""
     norm_contrast: float = 4.0
     """row_contrast: gray levels that make one unit of input (a knife is 11 darker than the wall), > 0."""
-    locator_cell: list[int] = field(default_factory=lambda: [22, 16])
-    """Rows and columns of one cell of the locator's grid (agent.models.Locator): 3 x 9 cells over a
-    64 x 144 frame, split at crop row 44 between the high throw and the low one, each 16 px wide; a
-    knife's 5 x 2 box fills one or two of them."""
+    locator_cell: list[int] = field(default_factory=lambda: [22, 2])
+    """Rows and columns of one cell of the locator's grid (agent.models.Locator): 3 x 72 cells over a
+    64 x 144 frame, split at crop row 44 between the high throw and the low one, each 2 px wide; a
+    knife's 5 x 2 box fills three or four of them. The narrower the cells, the finer the knife's column
+    the code must hold: the decoder draws a knife beside a fighter only when the code places it to a few
+    pixels."""
 
     def validate(self) -> None:
         _check(self.features_dim >= 1, "model.features_dim", "must be at least 1")
@@ -191,8 +193,10 @@ class ReconConfig:
     """The decoder's and the locator's losses, and the small-object detector both are trained against.
     How the defaults were measured: docs/experiments/notebook.md."""
 
-    coef: float = 1.0
-    """Weight of the decoder's loss in the total loss, >= 0 (0 turns the decoder's loss off)."""
+    coef: float = 12.0
+    """Weight of the decoder's loss in the total loss, >= 0 (0 turns the decoder's loss off). It sets the
+    decoder's pull on the shared encoder against PPO's (the decoder itself is stepped by Adam, which a
+    constant factor barely moves)."""
     loss: str = "weighted"
     """Decoder loss: plain (every pixel weighs 1) or weighted (per-pixel weights, higher on small objects
     and their bridges; agent/perception/weights.py). Plain MSE is `plain` with `error` squared."""
@@ -232,13 +236,14 @@ class ReconConfig:
     decode_share: float = 0.25
     """Share of each minibatch the decoder's loss reads, in (0, 1]: the frames that hold an object first,
     then the others in the minibatch's random order."""
-    locate_coef: float = 1.0
+    locate_coef: float = 8.0
     """Weight of the locator's loss (binary cross-entropy of its cells against the object masks;
-    agent.models.Locator) in the total loss, >= 0; 0 turns it off."""
+    agent.models.Locator) in the total loss, >= 0; 0 turns it off. The loss is a mean over the cells, so a
+    finer grid (model.locator_cell) needs a larger coefficient for the same pull on each object."""
     locate_pos_weight: float = 5.0
     """Weight, in the locator's loss, of a cell that holds an object against an empty one, >= 1 (a knife
-    fills one or two of the default grid's 27 cells)."""
-    aux_steps: int = 8
+    fills three or four of the default grid's 216 cells)."""
+    aux_steps: int = 32
     """Auxiliary steps after each update: this many minibatches of `aux_batch` rollout frames (those with
     an object first) on which only the decoder's and the locator's losses train, stepped by an Adam of
     their own (`aux_lr`). With `aux_detach` they train the decoder and the locator alone, which read the
@@ -247,7 +252,7 @@ class ReconConfig:
     Cobbe et al. 2021). 0: none."""
     aux_batch: int = 64
     """Frames per auxiliary step, >= 1."""
-    aux_lr: float = 0.0
+    aux_lr: float = 5e-4
     """Learning rate of the auxiliary phase's Adam, >= 0, annealed as PPO's (ppo.anneal_lr); 0: ppo.lr."""
     aux_detach: bool = True
     """The auxiliary steps read the code detached, on clean frames: they train the decoder and the locator
@@ -549,7 +554,7 @@ def drop_retired(data: dict[str, Any]) -> dict[str, Any]:
     return data
 
 
-ADDED = {"recon": {"error": "squared", "aux_detach": False}}
+ADDED = {"recon": {"error": "squared", "aux_detach": False, "aux_lr": 0.0}}
 """Keys newer than some saved configs, with the value that reproduces what the versions before them did
 where it differs from today's default: a saved config without such a key is read with that value."""
 

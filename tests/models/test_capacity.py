@@ -40,8 +40,8 @@ def test_agent_report_covers_every_parameter():
     assert set(report["modules"]) == {"encoder", "actor", "critic", "decoder", "locator"}
     assert sum(report["modules"].values()) == report["trainable_params"]
     assert report["buffer_elements"] == sum(b.numel() for b in agent.buffers())  # the normalizer's statistics
-    # 14 logits, 1 value, the 64 x 144 frame and the locator's 3 x 9 cells.
-    assert agent_outputs(agent) == 14 + 1 + 64 * 144 + 3 * 9
+    # 14 logits, 1 value, the 64 x 144 frame and the locator's 3 x 72 cells.
+    assert agent_outputs(agent) == 14 + 1 + 64 * 144 + 3 * 72
 
 
 def test_format_lists_every_layer_and_the_ratio():
