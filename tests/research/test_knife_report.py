@@ -147,7 +147,7 @@ def test_each_loss_terms_pull_on_the_encoder_scales_with_its_coefficient():
     from agent.research.gradients import encoder_gradient_norms
 
     config = load_config(ROOT / "configs" / "smoke.yaml")
-    scaled = load_config(ROOT / "configs" / "smoke.yaml", ["recon.coef=10", "ppo.vf_coef=0"])
+    scaled = load_config(ROOT / "configs" / "smoke.yaml", [f"recon.coef={10 * config.recon.coef}", "ppo.vf_coef=0"])
     torch.manual_seed(0)
     agent = Agent(config.env.obs_shape, 14, config.model)
     # Six rollouts of 16 steps: the play band is empty for the first 70-odd steps of a game.
