@@ -223,6 +223,12 @@ class ReconConfig:
     """weighted, with bridges on: also weigh the object's margin where a sprite is near as a bridge."""
     bridge_weight: float = 200.0
     """weighted: weight of a bridge or margin pixel, >= 0."""
+    false_weight: float = 0.0
+    """weighted: weight of the pixels of each false object of a reconstruction, >= 0: a box the detector
+    finds in the decoder's picture that overlaps no object of its target grown by 2 px (a knife drawn where
+    there is none, or a piece of a fighter cut loose). Their weight pushes the picture back to the target
+    there, against the object weight's pull to draw a knife wherever one may be; 0: off (those pixels weigh
+    as the wall or sprite they cover). It costs one detector pass over each decoded frame."""
     sprite_weight: float = 1.0
     """weighted: weight of a sprite pixel of the target (at least detect_min_contrast gray levels off its
     row's background) outside the objects and bridges, >= 0; the wall weighs 1. Above 1 the decoder draws
@@ -325,6 +331,7 @@ class ReconConfig:
         _check(self.bridge_cols >= 0, "recon.bridge_cols", "must be non-negative")
         _check(self.bridge_rows >= 0, "recon.bridge_rows", "must be non-negative")
         _check(self.bridge_weight >= 0, "recon.bridge_weight", "must be non-negative")
+        _check(self.false_weight >= 0, "recon.false_weight", "must be non-negative")
         _check(self.sprite_weight >= 0, "recon.sprite_weight", "must be non-negative")
         _check(self.aug_noise_std >= 0, "recon.aug_noise_std", "must be non-negative")
         _check(self.aug_shift >= 0, "recon.aug_shift", "must be non-negative")

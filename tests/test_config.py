@@ -43,6 +43,7 @@ def test_overrides_reach_nested_keys_and_derived_values_follow():
         ({}, ["recon.bridge_cols=-1"], "recon.bridge_cols: must be non-negative"),
         ({}, ["recon.bridge_rows=-1"], "recon.bridge_rows: must be non-negative"),
         ({}, ["recon.bridge_weight=-1"], "recon.bridge_weight: must be non-negative"),
+        ({}, ["recon.false_weight=-1"], "recon.false_weight: must be non-negative"),
         ({"env": 3}, [], "env: expected a mapping"),
     ],
 )

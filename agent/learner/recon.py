@@ -16,7 +16,7 @@ import torch
 from agent.config import ReconConfig
 from agent.models import Agent, Locator, recon_target
 from agent.perception.augment import augment
-from agent.perception.weights import weight_map
+from agent.perception.weights import false_objects, weight_map
 
 
 def decode_selection(masks: torch.Tensor | None, n: int, cfg: ReconConfig) -> torch.Tensor | slice:
@@ -35,14 +35,16 @@ def decode_selection(masks: torch.Tensor | None, n: int, cfg: ReconConfig) -> to
 def recon_loss(pred: torch.Tensor, target: torch.Tensor, masks: torch.Tensor | None,
                cfg: ReconConfig) -> torch.Tensor:
     """The decoder's loss on frames (N, 1, h, w) in [0, 1]; `masks` bool (N, h, w) or None: the mean of the
-    per-pixel error (`recon.error`), weighted by `weight_map` unless `recon.loss` is plain."""
+    per-pixel error (`recon.error`), weighted by `weight_map` unless `recon.loss` is plain; with
+    `recon.false_weight` the detector runs on `pred` for its false objects (`false_objects`)."""
     if cfg.error == "squared":
         err = (pred - target).square()
     else:
         err = torch.nn.functional.smooth_l1_loss(pred, target, reduction="none", beta=cfg.error_beta / 255)
     if cfg.loss == "plain":
         return err.mean()
-    return (weight_map(masks, err.shape, cfg, device=err.device, target=target) * err).mean()
+    false = false_objects(pred, masks, cfg) if cfg.false_weight > 0 else None
+    return (weight_map(masks, err.shape, cfg, device=err.device, target=target, false=false) * err).mean()
 
 
 def locate_loss(locator: Locator, code: torch.Tensor, masks: torch.Tensor, pos_weight: float = 1.0) -> torch.Tensor:

@@ -9,6 +9,8 @@ of `recon.error` (smooth L1 or squared; agent.learner.recon.recon_loss):
 - `recon.bridge_weight` on its bridges and margin (`bridge_mask`): the wall between a knife and a sprite
   beside, above or below it, which must be drawn as wall for the detector to see the knife apart;
 - `recon.sprite_weight` on the other sprite pixels of the target (`sprite_pixels`), the fighters;
+- `recon.false_weight`, where it is above the rest, on the false objects of the reconstruction
+  (`false_objects`): the boxes the detector finds in the picture that match no object of the target;
 - 1 on the wall. With no objects and sprite_weight 1 it is the unweighted error (plain MSE when squared).
 
 How the weights were chosen: docs/experiments/notebook.md.
@@ -21,6 +23,7 @@ import torch
 
 from agent.config import ReconConfig
 from agent.perception.detection import boxes_to_masks, detect_boxes
+from agent.perception.matching import MATCH_TOLERANCE, to_uint8
 from agent.perception.normalization import row_background
 
 
@@ -33,13 +36,16 @@ def object_masks(frames: np.ndarray, cfg: ReconConfig) -> np.ndarray | None:
 
 
 def weight_map(masks: torch.Tensor | None, shape: tuple[int, ...], cfg: ReconConfig,
-               device: torch.device | str | None = None, target: torch.Tensor | None = None) -> torch.Tensor:
+               device: torch.device | str | None = None, target: torch.Tensor | None = None,
+               false: torch.Tensor | None = None) -> torch.Tensor:
     """Per-pixel weights (N, 1, h, w) of the decoder's loss: loss = mean(weight_map * per-pixel error).
 
     `masks` is bool (N, h, w) or None (no objects anywhere); `shape` is the (N, 1, h, w) of the frames.
     The weighted loss with bridges on (`recon.bridge_cols` or `recon.bridge_rows`) also weighs the
     bridges and margins (`bridge_mask`) of the target frames (N, 1, h, w) in [0, 1], when they are given,
-    and with `recon.sprite_weight` other than 1 their sprite pixels (`sprite_pixels`).
+    and with `recon.sprite_weight` other than 1 their sprite pixels (`sprite_pixels`). `false`, bool
+    (N, h, w), marks the reconstruction's false objects (`false_objects`), which weigh at least
+    `recon.false_weight`.
     """
     if cfg.loss == "plain":
         return torch.ones(shape, device=device)
@@ -53,7 +59,25 @@ def weight_map(masks: torch.Tensor | None, shape: tuple[int, ...], cfg: ReconCon
         background = torch.where(sprite.unsqueeze(1), cfg.sprite_weight, background)
     if cfg.bridges and target is not None:
         background = torch.where(bridge_mask(target, obj, cfg, sprite), cfg.bridge_weight, background)
+    if false is not None:
+        background = torch.where(false.unsqueeze(1), background.clamp(min=cfg.false_weight), background)
     return torch.where(obj, torch.tensor(cfg.object_weight, device=obj.device), background)
+
+
+@torch.no_grad()
+def false_objects(pred: torch.Tensor, masks: torch.Tensor | None, cfg: ReconConfig) -> torch.Tensor:
+    """bool (N, h, w): the boxes the detector finds in reconstructions `pred` (N, 1, h, w) in [0, 1] that
+    overlap no object of bool masks (N, h, w) grown by `MATCH_TOLERANCE` px, the rule by which the knife
+    report counts a box of the picture as found or false (agent.perception.matching)."""
+    frames = to_uint8(pred)
+    false = np.zeros(frames.shape, dtype=bool)
+    objects = masks.cpu().numpy() if masks is not None else false
+    h, w = frames.shape[1:]
+    t = MATCH_TOLERANCE
+    for i, x, y, bw, bh in detect_boxes(frames, cfg).tolist():
+        if not objects[i, max(0, y - t):y + bh + t, max(0, x - t):x + bw + t].any():
+            false[i, y:y + bh, x:x + bw] = True
+    return torch.from_numpy(false).to(pred.device)
 
 
 def bridge_mask(target: torch.Tensor, obj: torch.Tensor, cfg: ReconConfig,

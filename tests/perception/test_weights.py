@@ -9,7 +9,7 @@ from agent.config import ReconConfig
 from agent.learner.recon import decode_selection, located_share, recon_loss
 from agent.models import Locator
 from agent.perception.matching import recon_stats
-from agent.perception.weights import bridge_mask, object_masks, weight_map
+from agent.perception.weights import bridge_mask, false_objects, object_masks, weight_map
 
 H, W = 64, 144
 
@@ -46,6 +46,78 @@ def test_weight_map_invariants():
     assert (wmap[1] == 1.0).all()  # a frame without any
     plain = weight_map(masks, (4, 1, H, W), ReconConfig(loss="plain"))
     assert (plain == 1).all()
+
+
+def test_false_objects_are_the_pictures_boxes_that_match_no_object_of_the_target():
+    target = frames_with_knife(n=2, knife_frames=(0,))  # frame 0: a knife at rows 30-31, columns 20-24
+    masks = torch.from_numpy(object_masks(target, ReconConfig()))
+    picture = target.copy()
+    picture[0, 30:32, 22:27] = 74  # the knife drawn 2 px right of its place: it matches, not false
+    picture[0, 30:32, 20:22] = 85
+    picture[0, 10:12, 100:105] = 74  # a knife where there is none
+    picture[1, 50:52, 60:66] = 74  # in the knife-free frame too
+    false = false_objects(as_target(picture), masks, ReconConfig())
+    assert false.dtype == torch.bool and false.shape == (2, H, W)
+    assert false[0, 10:12, 100:105].all() and false[1, 50:52, 60:66].all()
+    assert int(false.sum()) == 10 + 12  # the two false boxes, nothing else: the drawn knife matched
+    # Drawn 6 px right of its place, one wall column from the knife's box: matched (the knife report's
+    # 2-px tolerance); 7 px right, two columns away: false.
+    for shift, is_false in ((6, False), (7, True)):
+        moved = target.copy()
+        moved[0, 30:32, 20:25] = 85
+        moved[0, 30:32, 20 + shift:25 + shift] = 74
+        assert bool(false_objects(as_target(moved), masks, ReconConfig())[0, 30:32, 20 + shift:25 + shift].all()) \
+            == is_false
+    assert not false_objects(as_target(target), masks, ReconConfig()).any()  # a perfect picture
+
+
+def test_false_objects_weigh_false_weight_where_it_is_above_their_weight():
+    frames = frames_with_knife()
+    masks = torch.from_numpy(object_masks(frames, ReconConfig()))
+    false = torch.zeros(4, H, W, dtype=torch.bool)
+    false[1, 10:12, 100:105] = True
+    false[0, 30:32, 20:25] = True  # on the knife's own mask: the object weight stays
+    cfg = ReconConfig(object_weight=100.0, false_weight=30.0)
+    wmap = weight_map(masks, (4, 1, H, W), cfg, false=false)[:, 0]
+    assert (wmap[1, 10:12, 100:105] == 30).all() and (wmap[0, 30:32, 20:25] == 100).all()
+    assert (wmap[~false & ~masks] == 1).all()
+    # In the loss: the error of a false blob counts 30 times as much (the picture is the target elsewhere).
+    target = as_target(frames)
+    pred = target.clone()
+    pred[1, 0, 10:12, 100:105] = 74 / 255
+    loss = {w: recon_loss(pred, target, masks, replace(cfg, false_weight=w)).item() for w in (0.0, 30.0)}
+    assert loss[30.0] == pytest.approx(30 * loss[0.0], rel=1e-5) and loss[0.0] > 0
+
+
+def test_false_weight_stops_a_hedged_knife_from_being_drawn_in_the_frames_without_one():
+    # One picture of a knife's place fitted to ten frames, three of which hold the knife (74 on the wall's
+    # 85): what a decoder draws where its code cannot tell whether the knife is there.
+    h, w = 20, 40
+    frames = np.full((10, h, w), 85, dtype=np.uint8)
+    frames[:3, 9:11, 15:20] = 74
+    target = as_target(frames)
+
+    def fitted(false_weight: float) -> tuple[float, int]:
+        cfg = ReconConfig(bridge_cols=0, bridge_rows=0, false_weight=false_weight)
+        masks = torch.from_numpy(object_masks(frames, cfg))
+        patch = torch.full((2, 5), 85 / 255, requires_grad=True)
+        optimizer = torch.optim.Adam([patch], lr=1e-3)
+        for _ in range(400):
+            pred = target[3:4].expand(10, 1, h, w).clone()
+            pred[:, 0, 9:11, 15:20] = patch
+            optimizer.zero_grad()
+            recon_loss(pred, target, masks, cfg).backward()
+            optimizer.step()
+        false = false_objects(pred.detach(), masks, cfg)
+        return patch.mean().item() * 255, int(false.any(dim=(1, 2)).sum())
+
+    # The object weight alone draws the knife in all ten: a false box in each of the seven without it.
+    drawn, false_frames = fitted(0.0)
+    assert drawn == pytest.approx(74, abs=0.5) and false_frames == 7
+    # Weighed as much as the knife, the false boxes win 7 to 3: the patch stays just under the
+    # detector's 6 gray levels off the wall, and no frame holds a false box.
+    held, false_frames = fitted(100.0)
+    assert 85 - 6 < held < 85 - 4 and false_frames == 0
 
 
 def scene_with_fighters() -> np.ndarray:
