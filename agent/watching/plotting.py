@@ -216,8 +216,13 @@ def _score_panel(ax: plt.Axes, runs: list[RunData], colours: list, groups: list[
         ax.legend(loc="upper left", fontsize=8)
 
 
+GROUP_PALETTES = ("Dark2", "Set1")
+"""The group bands' colours: Dark2's 8, then Set1's 9; they repeat only past 17 groups."""
+
+
 def _group_colour(i: int) -> tuple[float, ...]:
-    return plt.get_cmap("Dark2")(i % 8)
+    colours = [plt.get_cmap(name)(k) for name in GROUP_PALETTES for k in range(plt.get_cmap(name).N)]
+    return colours[i % len(colours)]
 
 
 def _reference_lines(ax: plt.Axes, ref: tuple[float, float], bottom: float, top: float) -> None:

@@ -123,3 +123,14 @@ def test_a_groups_evaluations_share_its_colour_and_one_legend_entry_and_the_titl
     assert sorted(line.get_ydata()[0] for line in points) == [900.0, 1800.0, 2700.0]
     assert {to_rgba(line.get_color()) for line in points} == {tuple(band.get_facecolor()[0][:3]) + (1.0,)}
     assert fig._suptitle.get_text() == "seeds (3), alone"
+
+
+def test_ten_groups_get_ten_band_colours(tmp_path):
+    from agent.watching.plotting import RunGroup
+
+    groups = [RunGroup(f"v{k}", [load_run(write_run(tmp_path / f"v{k}", ["frames", "charts/game_score_mean100"],
+                                                    [[0, k], [100, k + 1]]))]) for k in range(10)]
+    fig = plot_runs([run for group in groups for run in group.runs], groups)
+    bands = [c for c in fig.axes[0].collections if c.get_label().endswith("lowest to highest run")]
+    assert len(bands) == 10
+    assert len({tuple(band.get_facecolor()[0][:3]) for band in bands}) == 10
