@@ -71,8 +71,7 @@ def false_objects(pred: torch.Tensor, masks: torch.Tensor | None, cfg: ReconConf
     report counts a box of the picture as found or false (agent.perception.matching)."""
     frames = to_uint8(pred)
     false = np.zeros(frames.shape, dtype=bool)
-    objects = masks.cpu().numpy() if masks is not None else false
-    h, w = frames.shape[1:]
+    objects = masks.cpu().numpy() if masks is not None else np.zeros_like(false)
     t = MATCH_TOLERANCE
     for i, x, y, bw, bh in detect_boxes(frames, cfg).tolist():
         if not objects[i, max(0, y - t):y + bh + t, max(0, x - t):x + bw + t].any():

@@ -69,6 +69,10 @@ def test_false_objects_are_the_pictures_boxes_that_match_no_object_of_the_target
         assert bool(false_objects(as_target(moved), masks, ReconConfig())[0, 30:32, 20 + shift:25 + shift].all()) \
             == is_false
     assert not false_objects(as_target(target), masks, ReconConfig()).any()  # a perfect picture
+    # Without masks every box is false, a knife one column from another one included.
+    pair = np.full((1, H, W), 85, dtype=np.uint8)
+    pair[0, 30:32, 20:25] = pair[0, 30:32, 26:31] = 74
+    assert int(false_objects(as_target(pair), None, ReconConfig()).sum()) == 20
 
 
 def test_false_objects_weigh_false_weight_where_it_is_above_their_weight():
