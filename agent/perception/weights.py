@@ -67,8 +67,9 @@ def weight_map(masks: torch.Tensor | None, shape: tuple[int, ...], cfg: ReconCon
 @torch.no_grad()
 def false_objects(pred: torch.Tensor, masks: torch.Tensor | None, cfg: ReconConfig) -> torch.Tensor:
     """bool (N, h, w): the boxes the detector finds in reconstructions `pred` (N, 1, h, w) in [0, 1] that
-    overlap no object of bool masks (N, h, w) grown by `MATCH_TOLERANCE` px, the rule by which the knife
-    report counts a box of the picture as found or false (agent.perception.matching)."""
+    overlap no object of bool masks (N, h, w) grown by `MATCH_TOLERANCE` px. With masks that are the
+    detector's boxes (`recon.mask_grow` 0) this is the rule by which the knife report counts a box of the
+    picture as found or false (agent.perception.matching); grown masks match a little farther."""
     frames = to_uint8(pred)
     false = np.zeros(frames.shape, dtype=bool)
     objects = masks.cpu().numpy() if masks is not None else np.zeros_like(false)

@@ -216,13 +216,12 @@ def _score_panel(ax: plt.Axes, runs: list[RunData], colours: list, groups: list[
         ax.legend(loc="upper left", fontsize=8)
 
 
-GROUP_PALETTES = ("Dark2", "Set1")
+GROUP_COLOURS = [plt.get_cmap(name)(k) for name in ("Dark2", "Set1") for k in range(plt.get_cmap(name).N)]
 """The group bands' colours: Dark2's 8, then Set1's 9; they repeat only past 17 groups."""
 
 
 def _group_colour(i: int) -> tuple[float, ...]:
-    colours = [plt.get_cmap(name)(k) for name in GROUP_PALETTES for k in range(plt.get_cmap(name).N)]
-    return colours[i % len(colours)]
+    return GROUP_COLOURS[i % len(GROUP_COLOURS)]
 
 
 def _reference_lines(ax: plt.Axes, ref: tuple[float, float], bottom: float, top: float) -> None:
