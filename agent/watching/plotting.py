@@ -17,6 +17,7 @@ import csv
 import json
 import math
 import os
+import textwrap
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -34,6 +35,8 @@ from agent.env.scores import reference_scores  # noqa: E402
 SCORE = "charts/game_score_mean100"
 LEGEND_INSIDE = 12
 """Most legend entries drawn inside the score panel; a longer legend goes beside it."""
+TITLE_WIDTH = 120
+"""Characters on a line of the figure's title (the runs' and groups' names); a longer title wraps."""
 # The smaller panels, in order; a panel no run has data for is left out.
 PANELS = [
     ("losses/policy", "policy loss"),
@@ -241,24 +244,45 @@ def _reference_lines(ax: plt.Axes, ref: tuple[float, float], bottom: float, top:
                 va="top", color="grey", fontsize=8)
 
 
-def _small_panel(ax: plt.Axes, runs: list[RunData], colours: list, column: str, title: str) -> None:
-    for run, colour in zip(runs, colours, strict=True):
+def _run_styles(runs: list[RunData], groups: list[RunGroup]) -> tuple[list, list[str | None]]:
+    """Each run's colour and its legend label in the small panels: a grouped run takes its group's colour,
+    and the group is named once (on its first run); the other runs take tab10's colours in turn."""
+    group_of = {id(run): i for i, group in enumerate(groups) for run in group.runs}
+    colours, labels, named = [], [], set()
+    alone = 0
+    for run in runs:
+        if id(run) in group_of:
+            i = group_of[id(run)]
+            colours.append(_group_colour(i))
+            labels.append(f"{groups[i].name} ({len(groups[i].runs)})" if i not in named else None)
+            named.add(i)
+        else:
+            colours.append(plt.get_cmap("tab10")(alone % 10))
+            labels.append(run.name)
+            alone += 1
+    return colours, labels
+
+
+def _small_panel(ax: plt.Axes, runs: list[RunData], colours: list, labels: list[str | None], column: str,
+                 title: str) -> None:
+    for run, colour, label in zip(runs, colours, labels, strict=True):
         data = run.series(column)
         if data is None:
             continue
         x, y = data
         if len(y) >= 10:
             ax.plot(x, y, color=colour, lw=0.8, alpha=0.3)
-            ax.plot(x, smooth(y), color=colour, lw=1.5, label=run.name)
+            ax.plot(x, smooth(y), color=colour, lw=1.5, label=label)
         else:
-            ax.plot(x, y, color=colour, lw=1.5, marker="o", ms=3, label=run.name)
+            ax.plot(x, y, color=colour, lw=1.5, marker="o", ms=3, label=label)
     ax.set_title(title, fontsize=10)
 
 
 def plot_runs(runs: list[RunData], groups: list[RunGroup] = ()) -> Figure:
     """The figure: the score panel across the top, one small panel per logged loss or chart below.
-    `groups` draws some of the runs as one band each on the score panel."""
-    colours = [plt.get_cmap("tab10")(i % 10) for i in range(len(runs))]
+    `groups` draws some of the runs as one band each on the score panel, and in the group's colour, named
+    once, in the small panels."""
+    colours, labels = _run_styles(runs, groups)
     panels = [(c, t) for c, t in PANELS if any(run.series(c) is not None for run in runs)]
     ncols = 3
     nrows = math.ceil(len(panels) / ncols)
@@ -269,26 +293,27 @@ def plot_runs(runs: list[RunData], groups: list[RunGroup] = ()) -> Figure:
     axes = [score_ax]
     for i, (column, title) in enumerate(panels):
         ax = fig.add_subplot(grid[1 + i // ncols, i % ncols], sharex=score_ax)
-        _small_panel(ax, runs, colours, column, title)
+        _small_panel(ax, runs, colours, labels, column, title)
         axes.append(ax)
     x_label = runs[0].x[1] if runs else "emulator frames"
     for ax in axes:
         ax.xaxis.set_major_formatter(FuncFormatter(_frames_formatter))
         ax.grid(alpha=0.3)
         ax.set_xlabel(x_label, fontsize=8)
-    if len(runs) > 1 and len(axes) > 1:
-        if len(runs) > LEGEND_INSIDE and len(panels) % ncols:
+    entries = sum(label is not None for label in labels)
+    if entries > 1 and len(axes) > 1:
+        if entries > LEGEND_INSIDE and len(panels) % ncols:
             # The runs' names fill the first free cell of the last row rather than cover a panel.
             spare = fig.add_subplot(grid[nrows, len(panels) % ncols])
             spare.axis("off")
             spare.legend(*axes[1].get_legend_handles_labels(), loc="upper left", fontsize=8,
-                         ncols=2 if len(runs) > 2 * LEGEND_INSIDE // 3 else 1)
+                         ncols=2 if entries > 2 * LEGEND_INSIDE // 3 else 1)
         else:
             axes[1].legend(fontsize=8)
     grouped = {id(run) for group in groups for run in group.runs}
     names = [f"{group.name} ({len(group.runs)})" for group in groups]
     names += [run.name for run in runs if id(run) not in grouped]
-    fig.suptitle(", ".join(names), fontsize=12)
+    fig.suptitle(textwrap.fill(", ".join(names), TITLE_WIDTH), fontsize=12)
     return fig
 
 

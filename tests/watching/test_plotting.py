@@ -134,3 +134,31 @@ def test_ten_groups_get_ten_band_colours(tmp_path):
     bands = [c for c in fig.axes[0].collections if c.get_label().endswith("lowest to highest run")]
     assert len(bands) == 10
     assert len({tuple(band.get_facecolor()[0][:3]) for band in bands}) == 10
+
+
+def test_a_groups_runs_share_its_colour_and_one_name_in_the_small_panels_and_a_long_title_wraps(tmp_path):
+    from agent.watching.plotting import TITLE_WIDTH, RunGroup
+
+    header = ["frames", "charts/game_score_mean100", "losses/value"]
+    groups = []
+    for g in range(12):
+        name = f"variant_with_a_long_name_{g}"
+        rows = [[i * 100, i, g + 0.1 * i] for i in range(11)]
+        runs = [load_run(write_run(tmp_path / f"{name}-s{k}", header, rows)) for k in (1, 2)]
+        groups.append(RunGroup(name, runs))
+    alone = load_run(write_run(tmp_path / "alone", header, [[i * 100, i, 0.5] for i in range(11)]))
+    fig = plot_runs([run for group in groups for run in group.runs] + [alone], groups)
+    value_ax = next(ax for ax in fig.axes if ax.get_title() == "value loss")
+    smooth_lines = [line for line in value_ax.get_lines() if line.get_linewidth() == 1.5]
+    assert len(smooth_lines) == 25
+    for g in range(12):
+        first, second = smooth_lines[2 * g:2 * g + 2]
+        assert first.get_color() == second.get_color()
+        assert first.get_label() == f"variant_with_a_long_name_{g} (2)" and second.get_label().startswith("_")
+    assert len({line.get_color() for line in smooth_lines[:24:2]}) == 12
+    assert smooth_lines[-1].get_label() == "alone"
+    legend_texts = [text.get_text() for ax in fig.axes if ax.get_legend() for text in ax.get_legend().get_texts()]
+    assert legend_texts.count("alone") == 1 and legend_texts.count("variant_with_a_long_name_0 (2)") == 1
+    title = fig._suptitle.get_text()
+    assert len(title.splitlines()) > 1 and max(len(line) for line in title.splitlines()) <= TITLE_WIDTH
+    assert " ".join(title.split()) == ", ".join([f"{group.name} (2)" for group in groups] + ["alone"])
