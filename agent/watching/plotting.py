@@ -134,6 +134,11 @@ class RunGroup:
     name: str
     runs: list[RunData]
 
+    @property
+    def title(self) -> str:
+        """The name with its count of runs, as the figure's title and the small panels' legend give it."""
+        return f"{self.name} ({len(self.runs)})"
+
     def band(self, points: int = 200) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray] | None:
         """(frames, mean, low, high) of the group's score curves; None when a run has no score yet."""
         curves = [run.series(SCORE) for run in self.runs]
@@ -169,7 +174,7 @@ def _frames_formatter(value: float, _pos: int) -> str:
 
 def _score_panel(ax: plt.Axes, runs: list[RunData], colours: list, groups: list[RunGroup] = ()) -> None:
     drawn: list[float] = []
-    # A grouped run's evaluations take its group's colour, with one legend entry for the whole group.
+    # A grouped run's evaluations (in its group's colour, from `colours`) have one legend entry for the group.
     group_of = {id(run): (i, group) for i, group in enumerate(groups) for run in group.runs}
     labelled: set[int] = set()
     for run, colour in zip(runs, colours, strict=True):
@@ -181,7 +186,6 @@ def _score_panel(ax: plt.Axes, runs: list[RunData], colours: list, groups: list[
             label = f"{run.name}: evaluation (mean, std)"
             if id(run) in group_of:
                 i, group = group_of[id(run)]
-                colour = _group_colour(i)
                 label = f"{group.name}: evaluations (mean, std), one per run" if i not in labelled else None
                 labelled.add(i)
             frames, means, stds = (np.array(v) for v in zip(*run.evals, strict=True))
@@ -254,7 +258,7 @@ def _run_styles(runs: list[RunData], groups: list[RunGroup]) -> tuple[list, list
         if id(run) in group_of:
             i = group_of[id(run)]
             colours.append(_group_colour(i))
-            labels.append(f"{groups[i].name} ({len(groups[i].runs)})" if i not in named else None)
+            labels.append(groups[i].title if i not in named else None)
             named.add(i)
         else:
             colours.append(plt.get_cmap("tab10")(alone % 10))
@@ -311,7 +315,7 @@ def plot_runs(runs: list[RunData], groups: list[RunGroup] = ()) -> Figure:
         else:
             axes[1].legend(fontsize=8)
     grouped = {id(run) for group in groups for run in group.runs}
-    names = [f"{group.name} ({len(group.runs)})" for group in groups]
+    names = [group.title for group in groups]
     names += [run.name for run in runs if id(run) not in grouped]
     fig.suptitle(textwrap.fill(", ".join(names), TITLE_WIDTH), fontsize=12)
     return fig
