@@ -229,6 +229,11 @@ class ReconConfig:
     there is none, or a piece of a fighter cut loose). Their weight pushes the picture back to the target
     there, against the object weight's pull to draw a knife wherever one may be; 0: off (those pixels weigh
     as the wall or sprite they cover). It costs one detector pass over each decoded frame."""
+    false_apart: int = 0
+    """weighted, with false_weight: weigh only the false objects farther than this many pixels from every
+    sprite pixel of the target outside its objects (the fighters), >= 0: a box drawn beside a fighter, a
+    piece of his outline or a knife by him, keeps the weight of what it covers; 0: every false object
+    weighs false_weight."""
     sprite_weight: float = 1.0
     """weighted: weight of a sprite pixel of the target (at least detect_min_contrast gray levels off its
     row's background) outside the objects and bridges, >= 0; the wall weighs 1. Above 1 the decoder draws
@@ -332,6 +337,7 @@ class ReconConfig:
         _check(self.bridge_rows >= 0, "recon.bridge_rows", "must be non-negative")
         _check(self.bridge_weight >= 0, "recon.bridge_weight", "must be non-negative")
         _check(self.false_weight >= 0, "recon.false_weight", "must be non-negative")
+        _check(self.false_apart >= 0, "recon.false_apart", "must be non-negative")
         _check(self.sprite_weight >= 0, "recon.sprite_weight", "must be non-negative")
         _check(self.aug_noise_std >= 0, "recon.aug_noise_std", "must be non-negative")
         _check(self.aug_shift >= 0, "recon.aug_shift", "must be non-negative")

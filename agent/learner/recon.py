@@ -43,7 +43,7 @@ def recon_loss(pred: torch.Tensor, target: torch.Tensor, masks: torch.Tensor | N
         err = torch.nn.functional.smooth_l1_loss(pred, target, reduction="none", beta=cfg.error_beta / 255)
     if cfg.loss == "plain":
         return err.mean()
-    false = false_objects(pred, masks, cfg) if cfg.false_weight > 0 else None
+    false = false_objects(pred, masks, cfg, target) if cfg.false_weight > 0 else None
     return (weight_map(masks, err.shape, cfg, device=err.device, target=target, false=false) * err).mean()
 
 

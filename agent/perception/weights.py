@@ -65,17 +65,26 @@ def weight_map(masks: torch.Tensor | None, shape: tuple[int, ...], cfg: ReconCon
 
 
 @torch.no_grad()
-def false_objects(pred: torch.Tensor, masks: torch.Tensor | None, cfg: ReconConfig) -> torch.Tensor:
+def false_objects(pred: torch.Tensor, masks: torch.Tensor | None, cfg: ReconConfig,
+                  target: torch.Tensor | None = None) -> torch.Tensor:
     """bool (N, h, w): the boxes the detector finds in reconstructions `pred` (N, 1, h, w) in [0, 1] that
     overlap no object of bool masks (N, h, w) grown by `MATCH_TOLERANCE` px. With masks that are the
     detector's boxes (`recon.mask_grow` 0) this is the rule by which the knife report counts a box of the
-    picture as found or false (agent.perception.matching); grown masks match a little farther."""
+    picture as found or false (agent.perception.matching); grown masks match a little farther. With
+    `recon.false_apart` and the target frames (N, 1, h, w) in [0, 1], a box within that many pixels of a
+    sprite pixel of the target outside the masks (`sprite_pixels`) is left out."""
     frames = to_uint8(pred)
     false = np.zeros(frames.shape, dtype=bool)
     objects = masks.cpu().numpy() if masks is not None else np.zeros_like(false)
+    near = None
+    if cfg.false_apart and target is not None:
+        sprite = sprite_pixels(target, cfg) & ~torch.from_numpy(objects).to(target.device)
+        near = _dilate(sprite, cfg.false_apart, cfg.false_apart).cpu().numpy()
     t = MATCH_TOLERANCE
     for i, x, y, bw, bh in detect_boxes(frames, cfg).tolist():
-        if not objects[i, max(0, y - t):y + bh + t, max(0, x - t):x + bw + t].any():
+        if objects[i, max(0, y - t):y + bh + t, max(0, x - t):x + bw + t].any():
+            continue
+        if near is None or not near[i, y:y + bh, x:x + bw].any():
             false[i, y:y + bh, x:x + bw] = True
     return torch.from_numpy(false).to(pred.device)
 

@@ -75,6 +75,31 @@ def test_false_objects_are_the_pictures_boxes_that_match_no_object_of_the_target
     assert int(false_objects(as_target(pair), None, ReconConfig()).sum()) == 20
 
 
+def test_false_apart_leaves_out_the_false_objects_beside_a_fighter():
+    target = np.full((1, H, W), 85, dtype=np.uint8)
+    target[0, 20:54, 60:68] = 150  # a fighter, columns 60-67
+    picture = target.copy()
+    picture[0, 40:42, 70:75] = 74  # a knife drawn two wall columns right of him
+    picture[0, 10:12, 100:105] = 74  # and one far from him
+    masks = torch.zeros(1, H, W, dtype=torch.bool)
+    beside, apart = (slice(40, 42), slice(70, 75)), (slice(10, 12), slice(100, 105))
+    every = false_objects(as_target(picture), masks, ReconConfig())
+    assert every[0][beside].all() and every[0][apart].all()
+    for reach, beside_is_false in ((2, True), (3, False)):
+        cfg = ReconConfig(false_weight=20.0, false_apart=reach)
+        false = false_objects(as_target(picture), masks, cfg, as_target(target))
+        assert bool(false[0][beside].all()) == beside_is_false and false[0][apart].all()
+        assert int(false.sum()) == 10 * (2 if beside_is_false else 1)
+    # The target's knife is no fighter: a false box beside it stays false.
+    knife = np.full((1, H, W), 85, dtype=np.uint8)
+    knife[0, 30:32, 20:25] = 74
+    drawn = knife.copy()
+    drawn[0, 30:32, 30:35] = 74  # five wall columns right of the knife: false, and no fighter spares it
+    knife_masks = torch.from_numpy(object_masks(knife, ReconConfig()))
+    cfg = ReconConfig(false_weight=20.0, false_apart=8)
+    assert false_objects(as_target(drawn), knife_masks, cfg, as_target(knife))[0, 30:32, 30:35].all()
+
+
 def test_false_objects_weigh_false_weight_where_it_is_above_their_weight():
     frames = frames_with_knife()
     masks = torch.from_numpy(object_masks(frames, ReconConfig()))
