@@ -13,7 +13,8 @@ emulator's RAM as the truth of where each knife is (`agent.env.ram`).
    level (`recon_recall_chance`) is the share of the knives' boxes, laid on the knife-free frames'
    reconstructions, that a box of those overlaps as it would a knife's. Both recalls are also given for
    the knives within `NEAR_FIGHTER_PX` of a fighter's RAM box (the player it is about to hit, the thrower
-   it has just left: `..._near_fighter`) and, for the decoder, the knives farther off (`recon_recall_apart`).
+   it has just left: `..._near_fighter`) and, for the decoder, the knives farther off (`recon_recall_apart`);
+   the false boxes are split the same way (`recon_false_near_fighter_per_empty`, `..._apart_per_empty`).
 3. Probes. Linear probes (logistic regression on the standardized code, classes weighted equally) are
    fitted on the first games and scored on the held-out rest, by balanced accuracy: is a knife on screen
    (`present`), is it the high or the low throw (`row`: the player ducks the first, jumps the second),
@@ -179,19 +180,20 @@ def detection_scores(data: Play, config: Config) -> dict[str, Any]:
     found_re = match_objects(truth, on_knife_rows(recon_boxes)) if len(truth) else np.zeros(0, bool)
     empty = [i for i, k in enumerate(data.knife) if k is None]
     decodes = config.recon.decodes
-    false = 0
+    false = false_near = 0
     for i in empty:
         mine = recon_boxes[recon_boxes[:, 0] == i]
         if len(mine):
             theirs = input_boxes[input_boxes[:, 0] == i]
-            false += int((~match_objects(mine, theirs)).sum()) if len(theirs) else len(mine)
+            unmatched = mine[~match_objects(mine, theirs)] if len(theirs) else mine
+            false += len(unmatched)
+            false_near += sum(_near_fighter(tuple(b[1:]), data, i) for b in unmatched.tolist())
     chance = None
     if decodes and empty and knife_rows:
         # The knives' boxes laid in turn on the knife-free frames: what the decoder's recall would be by chance.
         laid = np.array([(i, *data.knife[knife_rows[j % len(knife_rows)]]) for j, i in enumerate(empty)])
         chance = _share(match_objects(laid, recon_boxes))
-    near = np.array([min(ram_map.distance(data.knife[i], b) for b in [data.player[i], *data.enemies[i]])
-                     <= NEAR_FIGHTER_PX for i in knife_rows], dtype=bool)
+    near = np.array([_near_fighter(data.knife[i], data, i) for i in knife_rows], dtype=bool)
     return {
         "knife_frames": len(knife_rows),
         "input_recall": _share(found_in),
@@ -202,6 +204,8 @@ def detection_scores(data: Play, config: Config) -> dict[str, Any]:
         "recon_recall_near_fighter": _share(found_re[found_in & near]) if decodes else None,
         "recon_recall_apart": _share(found_re[found_in & ~near]) if decodes else None,
         "recon_false_per_empty": false / len(empty) if empty and decodes else None,
+        "recon_false_near_fighter_per_empty": false_near / len(empty) if empty and decodes else None,
+        "recon_false_apart_per_empty": (false - false_near) / len(empty) if empty and decodes else None,
         "recon_recall_chance": chance,
         "knife_free_frames": len(empty),
         "input_false_per_empty": (sum(int((input_boxes[:, 0] == i).sum()) for i in empty) / len(empty)
@@ -209,6 +213,11 @@ def detection_scores(data: Play, config: Config) -> dict[str, Any]:
         "found_in_input": found_in.tolist(),
         "found_in_recon": found_re.tolist(),
     }
+
+
+def _near_fighter(box: tuple[int, int, int, int], data: Play, i: int) -> bool:
+    """Whether a box of frame i lies within `NEAR_FIGHTER_PX` of the player's or a fighter's RAM box."""
+    return min(ram_map.distance(box, b) for b in [data.player[i], *data.enemies[i]]) <= NEAR_FIGHTER_PX
 
 
 def _share(flags: np.ndarray) -> float | None:
@@ -400,6 +409,8 @@ def knife_report(agent: Agent, config: Config, out: Path, games: int = 6, held_o
         "recon_recall_near_fighter": detection["recon_recall_near_fighter"],
         "recon_recall_apart": detection["recon_recall_apart"],
         "recon_false_per_empty": detection["recon_false_per_empty"],
+        "recon_false_near_fighter_per_empty": detection["recon_false_near_fighter_per_empty"],
+        "recon_false_apart_per_empty": detection["recon_false_apart_per_empty"],
         "recon_recall_chance": detection["recon_recall_chance"],
         "input_false_per_empty": detection["input_false_per_empty"],
         "knife_frames": detection["knife_frames"],

@@ -103,6 +103,9 @@ def test_false_boxes_where_knives_fly_set_the_chance_level_of_the_decoders_recal
     scores = kr.detection_scores(data, load_config(ROOT / "configs" / "smoke.yaml"))
     assert scores["recon_recall_chance"] == pytest.approx(1 / 3)
     assert scores["recon_false_per_empty"] == pytest.approx(2 / 3)
+    # Split by the player's RAM box (x 70-77): frame 0's blob (x 63-67) is 2 px from him, frame 4's far.
+    assert scores["recon_false_near_fighter_per_empty"] == pytest.approx(1 / 3)
+    assert scores["recon_false_apart_per_empty"] == pytest.approx(1 / 3)
 
 
 @pytest.mark.slow
