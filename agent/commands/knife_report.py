@@ -10,7 +10,8 @@ recon.detect_* keys (the report's settings record the one used).
 Writes DIR/report.json: input_recall (the detector on the input), recon_recall (the detector on the
 decoder's picture, of the knives found in the input; recon_recall_all of all; recon_recall_chance, the
 same on knife boxes laid on knife-free frames), recon_false_per_empty (split into
-recon_false_near_fighter_per_empty and recon_false_apart_per_empty by a fighter's RAM box),
+recon_false_near_fighter_per_empty and recon_false_apart_per_empty by a fighter's RAM box;
+recon_false_on_sprite_per_empty: those over a sprite pixel of the input),
 knife_frames, knife_hits_per_game (lives lost to a knife), deaths and health lost by cause, and probes
 (present, row, column; each for the agent's code and a random-init encoder's, balanced accuracy on the
 held-out games); and DIR/knives.png (frames where the agent dodged a knife and where one hit it).
@@ -70,7 +71,8 @@ def main(argv: list[str] | None = None) -> int:
           f"(within {NEAR_FIGHTER_PX} px of a fighter {_f(report['recon_recall_near_fighter'])}, apart "
           f"{_f(report['recon_recall_apart'])}), with {_f(report['recon_false_per_empty'])} false boxes per "
           f"knife-free frame ({_f(report['recon_false_near_fighter_per_empty'])} within {NEAR_FIGHTER_PX} px of a "
-          f"fighter) (by chance it would redraw {_f(report['recon_recall_chance'])})")
+          f"fighter, {_f(report['recon_false_on_sprite_per_empty'])} over a sprite of the input; by chance it "
+          f"would redraw {_f(report['recon_recall_chance'])})")
     print(f"probes (agent / random init): present {_f(p['present']['agent'])} / {_f(p['present']['random_init'])}, "
           f"row {_f(p['row']['agent'])} / {_f(p['row']['random_init'])}, column {_f(p['column']['agent'])} / "
           f"{_f(p['column']['random_init'])}")

@@ -14,7 +14,9 @@ emulator's RAM as the truth of where each knife is (`agent.env.ram`).
    reconstructions, that a box of those overlaps as it would a knife's. Both recalls are also given for
    the knives within `NEAR_FIGHTER_PX` of a fighter's RAM box (the player it is about to hit, the thrower
    it has just left: `..._near_fighter`) and, for the decoder, the knives farther off (`recon_recall_apart`);
-   the false boxes are split the same way (`recon_false_near_fighter_per_empty`, `..._apart_per_empty`).
+   the false boxes are split the same way (`recon_false_near_fighter_per_empty`, `..._apart_per_empty`),
+   and those that cover a sprite pixel of the input (a piece of a fighter drawn loose, not a knife drawn
+   on the wall) are counted apart (`recon_false_on_sprite_per_empty`).
 3. Probes. Linear probes (logistic regression on the standardized code, classes weighted equally) are
    fitted on the first games and scored on the held-out rest, by balanced accuracy: is a knife on screen
    (`present`), is it the high or the low throw (`row`: the player ducks the first, jumps the second),
@@ -49,6 +51,7 @@ from agent.env.single import SingleGame
 from agent.models import Agent
 from agent.perception.detection import detect_boxes
 from agent.perception.matching import MATCH_TOLERANCE, match_objects
+from agent.perception.weights import sprite_pixels
 from agent.research.gradients import encoder_gradient_norms
 
 HIGH_LOW_ROW = 140
@@ -180,7 +183,7 @@ def detection_scores(data: Play, config: Config) -> dict[str, Any]:
     found_re = match_objects(truth, on_knife_rows(recon_boxes)) if len(truth) else np.zeros(0, bool)
     empty = [i for i, k in enumerate(data.knife) if k is None]
     decodes = config.recon.decodes
-    false = false_near = 0
+    false = false_near = false_on_sprite = 0
     for i in empty:
         mine = recon_boxes[recon_boxes[:, 0] == i]
         if len(mine):
@@ -188,6 +191,9 @@ def detection_scores(data: Play, config: Config) -> dict[str, Any]:
             unmatched = mine[~match_objects(mine, theirs)] if len(theirs) else mine
             false += len(unmatched)
             false_near += sum(_near_fighter(tuple(b[1:]), data, i) for b in unmatched.tolist())
+            if len(unmatched):
+                sprite = sprite_pixels(torch.from_numpy(stacks[i:i + 1, -1:]).float() / 255, config.recon)[0]
+                false_on_sprite += sum(bool(sprite[y:y + h, x:x + w].any()) for _, x, y, w, h in unmatched.tolist())
     chance = None
     if decodes and empty and knife_rows:
         # The knives' boxes laid in turn on the knife-free frames: what the decoder's recall would be by chance.
@@ -206,6 +212,7 @@ def detection_scores(data: Play, config: Config) -> dict[str, Any]:
         "recon_false_per_empty": false / len(empty) if empty and decodes else None,
         "recon_false_near_fighter_per_empty": false_near / len(empty) if empty and decodes else None,
         "recon_false_apart_per_empty": (false - false_near) / len(empty) if empty and decodes else None,
+        "recon_false_on_sprite_per_empty": false_on_sprite / len(empty) if empty and decodes else None,
         "recon_recall_chance": chance,
         "knife_free_frames": len(empty),
         "input_false_per_empty": (sum(int((input_boxes[:, 0] == i).sum()) for i in empty) / len(empty)
@@ -411,6 +418,7 @@ def knife_report(agent: Agent, config: Config, out: Path, games: int = 6, held_o
         "recon_false_per_empty": detection["recon_false_per_empty"],
         "recon_false_near_fighter_per_empty": detection["recon_false_near_fighter_per_empty"],
         "recon_false_apart_per_empty": detection["recon_false_apart_per_empty"],
+        "recon_false_on_sprite_per_empty": detection["recon_false_on_sprite_per_empty"],
         "recon_recall_chance": detection["recon_recall_chance"],
         "input_false_per_empty": detection["input_false_per_empty"],
         "knife_frames": detection["knife_frames"],

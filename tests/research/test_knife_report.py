@@ -106,6 +106,15 @@ def test_false_boxes_where_knives_fly_set_the_chance_level_of_the_decoders_recal
     # Split by the player's RAM box (x 70-77): frame 0's blob (x 63-67) is 2 px from him, frame 4's far.
     assert scores["recon_false_near_fighter_per_empty"] == pytest.approx(1 / 3)
     assert scores["recon_false_apart_per_empty"] == pytest.approx(1 / 3)
+    assert scores["recon_false_on_sprite_per_empty"] == 0  # both drawn on the wall
+    # A fighter's arm in frame 3's input (rows 33-34, x 100-107, on his body) drawn loose in its picture:
+    # a false box over a sprite of the input.
+    data.frames[3][-1, 33:35, 100:108] = 60
+    data.frames[3][-1, 10:50, 108:116] = 60
+    data.recon[3][33:35, 100:105] = 60
+    scores = kr.detection_scores(data, load_config(ROOT / "configs" / "smoke.yaml"))
+    assert scores["recon_false_per_empty"] == pytest.approx(1)
+    assert scores["recon_false_on_sprite_per_empty"] == pytest.approx(1 / 3)
 
 
 @pytest.mark.slow
