@@ -223,17 +223,18 @@ class ReconConfig:
     """weighted, with bridges on: also weigh the object's margin where a sprite is near as a bridge."""
     bridge_weight: float = 200.0
     """weighted: weight of a bridge or margin pixel, >= 0."""
-    false_weight: float = 0.0
+    false_weight: float = 20.0
     """weighted: weight of the pixels of each false object of a reconstruction, >= 0: a box the detector
     finds in the decoder's picture that overlaps no object of its target grown by 2 px (a knife drawn where
     there is none, or a piece of a fighter cut loose). Their weight pushes the picture back to the target
-    there, against the object weight's pull to draw a knife wherever one may be; 0: off (those pixels weigh
-    as the wall or sprite they cover). It costs one detector pass over each decoded frame."""
-    false_apart: int = 0
+    there, against the object weight's pull to draw a knife wherever one may be (at 20 a knife is drawn
+    where the code gives it more than one chance in six); 0: off (those pixels weigh as the wall or sprite
+    they cover). It costs one detector pass over each decoded frame."""
+    false_apart: int = 3
     """weighted, with false_weight: weigh only the false objects farther than this many pixels from every
     sprite pixel of the target outside its objects (the fighters), >= 0: a box drawn beside a fighter, a
-    piece of his outline or a knife by him, keeps the weight of what it covers; 0: every false object
-    weighs false_weight."""
+    piece of his outline or a knife by him, keeps the weight of what it covers, so the knives beside a
+    fighter, where the code is least sure, are still drawn; 0: every false object weighs false_weight."""
     sprite_weight: float = 1.0
     """weighted: weight of a sprite pixel of the target (at least detect_min_contrast gray levels off its
     row's background) outside the objects and bridges, >= 0; the wall weighs 1. Above 1 the decoder draws
@@ -567,7 +568,7 @@ def drop_retired(data: dict[str, Any]) -> dict[str, Any]:
     return data
 
 
-ADDED = {"recon": {"error": "squared", "aux_detach": False, "aux_lr": 0.0}}
+ADDED = {"recon": {"error": "squared", "aux_detach": False, "aux_lr": 0.0, "false_weight": 0.0, "false_apart": 0}}
 """Keys newer than some saved configs, with the value that reproduces what the versions before them did
 where it differs from today's default: a saved config without such a key is read with that value."""
 

@@ -104,3 +104,15 @@ def test_a_saved_config_from_before_detached_auxiliary_steps_keeps_them_training
     assert config_from_dict(saved).recon.aux_detach  # a config file: today's default
     old = config_from_dict(fill_added(saved))  # a checkpoint's: what it trained with
     assert not old.recon.aux_detach and old.aux_lr == old.ppo.lr
+
+
+def test_a_saved_config_from_before_the_false_objects_were_weighed_keeps_them_unweighed():
+    saved = Config().to_dict()
+    del saved["recon"]["false_weight"], saved["recon"]["false_apart"]
+    assert config_from_dict(saved).recon.false_weight == 20 and config_from_dict(saved).recon.false_apart == 3
+    old = config_from_dict(fill_added(saved)).recon  # a checkpoint's: what it trained with
+    assert (old.false_weight, old.false_apart) == (0, 0)
+    # One that weighed them all, from before false_apart, still weighs them all.
+    saved = config_from_dict({}, ["recon.false_weight=100"]).to_dict()
+    del saved["recon"]["false_apart"]
+    assert config_from_dict(fill_added(saved)).recon.false_apart == 0
