@@ -10,7 +10,8 @@ of `recon.error` (smooth L1 or squared; agent.learner.recon.recon_loss):
   beside, above or below it, which must be drawn as wall for the detector to see the knife apart;
 - `recon.sprite_weight` on the other sprite pixels of the target (`sprite_pixels`), the fighters;
 - `recon.false_weight`, where it is above the rest, on the false objects of the reconstruction
-  (`false_objects`): the boxes the detector finds in the picture that match no object of the target;
+  (`false_objects`): the boxes the detector finds in the picture that match no object of the target,
+  those within `recon.false_apart` px of a fighter of the target left out;
 - 1 on the wall. With no objects and sprite_weight 1 it is the unweighted error (plain MSE when squared).
 
 How the weights were chosen: docs/experiments/notebook.md.
