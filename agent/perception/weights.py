@@ -79,7 +79,9 @@ def false_objects(pred: torch.Tensor, masks: torch.Tensor | None, cfg: ReconConf
     objects = masks.cpu().numpy() if masks is not None else np.zeros_like(false)
     near = None
     if cfg.false_apart and target is not None:
-        sprite = sprite_pixels(target, cfg) & ~torch.from_numpy(objects).to(target.device)
+        sprite = sprite_pixels(target, cfg)
+        if masks is not None:
+            sprite &= ~masks.to(sprite.device)
         near = _dilate(sprite, cfg.false_apart, cfg.false_apart).cpu().numpy()
     t = MATCH_TOLERANCE
     for i, x, y, bw, bh in detect_boxes(frames, cfg).tolist():

@@ -188,12 +188,12 @@ def detection_scores(data: Play, config: Config) -> dict[str, Any]:
         mine = recon_boxes[recon_boxes[:, 0] == i]
         if len(mine):
             theirs = input_boxes[input_boxes[:, 0] == i]
-            unmatched = mine[~match_objects(mine, theirs)] if len(theirs) else mine
-            false += len(unmatched)
-            false_near += sum(_near_fighter(tuple(b[1:]), data, i) for b in unmatched.tolist())
-            if len(unmatched):
+            unmatched = (mine[~match_objects(mine, theirs)] if len(theirs) else mine).tolist()
+            if unmatched:
+                false += len(unmatched)
+                false_near += sum(_near_fighter((x, y, w, h), data, i) for _, x, y, w, h in unmatched)
                 sprite = sprite_pixels(torch.from_numpy(stacks[i:i + 1, -1:]).float() / 255, config.recon)[0]
-                false_on_sprite += sum(bool(sprite[y:y + h, x:x + w].any()) for _, x, y, w, h in unmatched.tolist())
+                false_on_sprite += sum(bool(sprite[y:y + h, x:x + w].any()) for _, x, y, w, h in unmatched)
     chance = None
     if decodes and empty and knife_rows:
         # The knives' boxes laid in turn on the knife-free frames: what the decoder's recall would be by chance.
